@@ -1,1 +1,44 @@
-fn main() {}
+//! `swpt-server`: accepts peers' STOMP connections (see `swpt_gateway::server`).
+
+use clap::Parser;
+use swpt_gateway::config::{init_logging, shutdown_signal, CertArgs, CommonArgs, Internal};
+use swpt_gateway::server::{bind, serve, ServerContext};
+
+/// Accepts mutually authenticated TLS STOMP connections from the node's
+/// peers and publishes the messages they send to the node's RabbitMQ.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The port to listen on.
+    #[arg(short = 'p', long, env = "SWPT_SERVER_PORT", default_value_t = 1234)]
+    server_port: u16,
+    #[command(flatten)]
+    cert: CertArgs,
+    /// Messages each connection may hold unconfirmed.
+    #[arg(short = 'b', long, env = "SWPT_SERVER_BUFFER", default_value_t = 100)]
+    server_buffer: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.common.log_level, &cli.common.log_format);
+    let internal = Internal::from_env()?;
+    let backlog = internal.app_stomp_server_backlog;
+    let ctx = ServerContext::new(
+        &cli.common.nodedata_url,
+        &cli.common.broker_url,
+        &cli.cert.server_cert,
+        &cli.cert.server_key,
+        cli.server_buffer,
+        internal,
+    )
+    .await?;
+    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
+    let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    tracing::info!("{} {} listening on {addr}", ctx.node.node_type, ctx.node.node_id);
+    serve(listener, ctx, shutdown_signal()).await;
+    Ok(())
+}

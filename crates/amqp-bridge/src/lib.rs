@@ -1,1 +1,336 @@
-//! amqp-bridge
+//! The RabbitMQ side of the gateway, on lapin.
+//!
+//! This crate owns everything AMQP: the process-wide [`SharedConnection`]
+//! that reconnects by itself, the confirmed [`Publisher`] the server and
+//! the drainer publish with (mandatory, persistent, with the headers of
+//! SPEC section 7 in the smallest integer types), the [`Consumer`] the
+//! client and the drainer read their queue with (prefetch, cumulative
+//! acks, reject to the dead-letter queue), and the `configure-queue`
+//! [`topology`] of SPEC section 8. It knows nothing of STOMP.
+
+pub mod topology;
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use smp_json::HeaderValue;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// A broker failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BridgeError {
+    #[error("cannot connect to RabbitMQ at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("RabbitMQ error: {0}")]
+    Amqp(String),
+    #[error("the queue \"{0}\" does not exist")]
+    NoQueue(String),
+    #[error("RabbitMQ returned the message as unroutable (exchange \"{exchange}\", routing key \"{routing_key}\")")]
+    Returned { exchange: String, routing_key: String },
+    #[error("RabbitMQ refused the message (nack)")]
+    Nacked,
+    #[error("RabbitMQ did not confirm the message within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("the consumer was cancelled or its channel closed")]
+    ConsumerClosed,
+}
+
+impl From<lapin::Error> for BridgeError {
+    fn from(e: lapin::Error) -> Self {
+        BridgeError::Amqp(e.to_string())
+    }
+}
+
+/// Hides the password of an AMQP URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Opens one AMQP connection, on the tokio runtime, within `timeout`.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Connection, BridgeError> {
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let err = |reason: String| BridgeError::Connect {
+        url: redact_url(url),
+        reason,
+    };
+    match tokio::time::timeout(timeout, Connection::connect(url, props)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Err(_) => Err(err(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// One long-lived connection shared by a process, re-opened when it has
+/// gone away; hands out channels.
+pub struct SharedConnection {
+    url: String,
+    timeout: Duration,
+    conn: Mutex<Option<Arc<Connection>>>,
+}
+
+impl SharedConnection {
+    pub fn new(url: &str, timeout: Duration) -> Arc<SharedConnection> {
+        Arc::new(SharedConnection {
+            url: url.to_string(),
+            timeout,
+            conn: Mutex::new(None),
+        })
+    }
+
+    /// The live connection, opened (again) if needed.
+    pub async fn connection(&self) -> Result<Arc<Connection>, BridgeError> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.status().connected() {
+                return Ok(c.clone());
+            }
+            tracing::warn!("the RabbitMQ connection was lost; reconnecting");
+        }
+        let c = Arc::new(connect(&self.url, self.timeout).await?);
+        *guard = Some(c.clone());
+        Ok(c)
+    }
+
+    /// A new channel on the live connection.
+    pub async fn channel(&self) -> Result<Channel, BridgeError> {
+        let conn = self.connection().await?;
+        match conn.create_channel().await {
+            Ok(ch) => Ok(ch),
+            Err(e) => {
+                // The connection may have died just now: one more try.
+                tracing::warn!("opening a RabbitMQ channel failed ({e}); reconnecting");
+                self.conn.lock().await.take();
+                Ok(self.connection().await?.create_channel().await?)
+            }
+        }
+    }
+}
+
+/// An AMQP field table from the gateway's headers, with each integer in
+/// the smallest type that holds it (`b`, `s`, `u`, `I`, `i`, `l`), as the
+/// Python gateway writes them: RabbitMQ's headers exchanges compare types.
+pub fn headers_table(headers: &[(&str, HeaderValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (name, value) in headers {
+        let v = match value {
+            HeaderValue::Str(s) => AMQPValue::LongString(LongString::from(s.as_str())),
+            HeaderValue::Bool(b) => AMQPValue::Boolean(*b),
+            HeaderValue::Int(i) => smallest_int(*i),
+        };
+        table.insert(ShortString::from(*name), v);
+    }
+    table
+}
+
+/// The smallest AMQP integer type that holds `i`.
+pub fn smallest_int(i: i64) -> AMQPValue {
+    if let Ok(v) = i8::try_from(i) {
+        AMQPValue::ShortShortInt(v)
+    } else if let Ok(v) = i16::try_from(i) {
+        AMQPValue::ShortInt(v)
+    } else if let Ok(v) = u16::try_from(i) {
+        AMQPValue::ShortUInt(v)
+    } else if let Ok(v) = i32::try_from(i) {
+        AMQPValue::LongInt(v)
+    } else if let Ok(v) = u32::try_from(i) {
+        AMQPValue::LongUInt(v)
+    } else {
+        AMQPValue::LongLongInt(i)
+    }
+}
+
+/// What the gateway publishes.
+#[derive(Clone, Debug)]
+pub struct OutMessage<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub msg_type: &'a str,
+    pub body: &'a [u8],
+    pub headers: &'a [(&'static str, HeaderValue)],
+}
+
+/// A publisher with confirms on its own channel.
+pub struct Publisher {
+    channel: Channel,
+    confirm_timeout: Duration,
+}
+
+/// A pending confirmation; await it to learn the message's fate.
+pub type PendingConfirm = futures::future::BoxFuture<'static, Result<(), BridgeError>>;
+
+impl Publisher {
+    /// Opens a confirming channel on `conn`.
+    pub async fn new(conn: &SharedConnection, confirm_timeout: Duration) -> Result<Publisher, BridgeError> {
+        let channel = conn.channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Publisher {
+            channel,
+            confirm_timeout,
+        })
+    }
+
+    /// Publishes one message (persistent, mandatory, `app_id
+    /// swpt_stomp`). The returned future resolves when RabbitMQ confirms
+    /// it, or fails on a nack, a return or the confirmation timeout.
+    pub async fn publish(&self, m: &OutMessage<'_>) -> Result<PendingConfirm, BridgeError> {
+        let props = BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_type(ShortString::from(m.msg_type))
+            .with_delivery_mode(2)
+            .with_app_id(ShortString::from("swpt_stomp"))
+            .with_headers(headers_table(m.headers));
+        let confirm = self
+            .channel
+            .basic_publish(
+                m.exchange,
+                m.routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                m.body,
+                props,
+            )
+            .await?;
+        let timeout = self.confirm_timeout;
+        let exchange = m.exchange.to_string();
+        let routing_key = m.routing_key.to_string();
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(timeout, confirm).await {
+                Err(_) => Err(BridgeError::ConfirmTimeout(timeout)),
+                Ok(Err(e)) => Err(e.into()),
+                Ok(Ok(Confirmation::Ack(Some(_)))) | Ok(Ok(Confirmation::Nack(Some(_)))) => {
+                    Err(BridgeError::Returned {
+                        exchange,
+                        routing_key,
+                    })
+                }
+                Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+                Ok(Ok(Confirmation::Nack(None))) => Err(BridgeError::Nacked),
+                Ok(Ok(Confirmation::NotRequested)) => Ok(()),
+            }
+        }))
+    }
+
+    /// Closes the channel.
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "bye").await;
+    }
+}
+
+/// One delivery from the queue.
+#[derive(Debug)]
+pub struct InMessage {
+    pub delivery_tag: u64,
+    /// The AMQP `type` property (empty when absent).
+    pub msg_type: String,
+    /// The AMQP `content_type` property (empty when absent).
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub redelivered: bool,
+}
+
+/// A consumer of one queue with a prefetch window.
+pub struct Consumer {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    queue: String,
+}
+
+impl Consumer {
+    /// Starts consuming `queue` (which must exist) with `prefetch`
+    /// unacknowledged messages at most.
+    pub async fn new(conn: &SharedConnection, queue: &str, prefetch: u16) -> Result<Consumer, BridgeError> {
+        let channel = conn.channel().await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Err(e) = channel.queue_declare(queue, passive, FieldTable::default()).await {
+            let text = e.to_string();
+            if text.contains("NOT_FOUND") || text.contains("404") {
+                return Err(BridgeError::NoQueue(queue.to_string()));
+            }
+            return Err(e.into());
+        }
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(queue, "", BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        Ok(Consumer {
+            channel,
+            consumer,
+            queue: queue.to_string(),
+        })
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The next delivery; an error when the channel or consumer is gone.
+    pub async fn next(&mut self) -> Result<InMessage, BridgeError> {
+        match self.consumer.next().await {
+            Some(Ok(d)) => Ok(InMessage {
+                delivery_tag: d.delivery_tag,
+                msg_type: d
+                    .properties
+                    .kind()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                content_type: d
+                    .properties
+                    .content_type()
+                    .as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+                body: d.data,
+                redelivered: d.redelivered,
+            }),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(BridgeError::ConsumerClosed),
+        }
+    }
+
+    /// Acks every delivery up to and including `tag`.
+    pub async fn ack_up_to(&self, tag: u64) -> Result<(), BridgeError> {
+        Ok(self
+            .channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await?)
+    }
+
+    /// Rejects one delivery without requeueing it: RabbitMQ dead-letters
+    /// it (to `<QUEUE>.XQ` with the configure-queue topology).
+    pub async fn reject(&self, tag: u64) -> Result<(), BridgeError> {
+        Ok(self
+            .channel
+            .basic_reject(tag, BasicRejectOptions { requeue: false })
+            .await?)
+    }
+
+    /// Closes the channel (unacked deliveries go back to the queue).
+    pub async fn close(&self) {
+        let _ = self.channel.close(200, "bye").await;
+    }
+}

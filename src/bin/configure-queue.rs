@@ -1,0 +1,49 @@
+//! `configure-queue PEER QUEUE`: declares the RabbitMQ topology that routes
+//! outgoing messages to a peer's queue (SPEC section 8).
+
+use amqp_bridge::topology::{declare, topology_for};
+use amqp_bridge::SharedConnection;
+use clap::Parser;
+use nodedata::NodeDatabase;
+use swpt_gateway::config::{init_logging, CommonArgs, Internal};
+
+/// Declares the exchanges, bindings and queues (QUEUE and QUEUE.XQ) that
+/// route messages for one peer; running it twice is harmless.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// The peer's node ID.
+    peer_node_id: String,
+    /// The queue to declare.
+    queue_name: String,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.common.log_level, &cli.common.log_format);
+    let internal = Internal::from_env()?;
+    let db = NodeDatabase::open(&cli.common.nodedata_url, internal.peers_cache())?;
+    let node = db.node_data().await?;
+    let peer = db
+        .peer_data(&cli.peer_node_id)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("peer {} is not in the node database", cli.peer_node_id))?;
+    if peer.is_deactivated() {
+        anyhow::bail!("peer {} has been deactivated", cli.peer_node_id);
+    }
+    let topology = topology_for(&node, &peer, &cli.queue_name)?;
+    let broker = SharedConnection::new(&cli.common.broker_url, internal.rmq_connection_timeout());
+    declare(&broker, &topology).await?;
+    tracing::info!(
+        "configured {} -> {} (key \"{}\") -> {} (dead letters to {})",
+        topology.main_exchange,
+        topology.peer_exchange,
+        topology.binding_key,
+        topology.queue,
+        topology.dead_letter_queue
+    );
+    Ok(())
+}

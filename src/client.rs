@@ -1,0 +1,347 @@
+//! `swpt-client PEER QUEUE`: streams a RabbitMQ queue to one peer's
+//! STOMP server, and reconnects by itself.
+//!
+//! ```text
+//!  RabbitMQ QUEUE ──> Consumer ──delivery──> smp_json::client_process ──SEND──> Framed<StompCodec> ──TLS──> peer
+//!        ^   (prefetch = buffer)                   │ invalid                          │
+//!        │ ack multiple up to N                     v                                  │
+//!        └─────────── reject → QUEUE.XQ     RECEIPT N <───────────────────────────────┘
+//! ```
+//!
+//! One link at a time: connect to a random server of the peer's manifest,
+//! send STOMP, then one `select!` loop sends deliveries while fewer than
+//! `buffer` are unconfirmed and acks on every RECEIPT. When the link ends,
+//! the consumer channel is closed (RabbitMQ redelivers what was not
+//! acked) and a new link is made after a capped, jittered back-off.
+
+use crate::config::Internal;
+use crate::session::{parse_heartbeat, Timing, Watchdog};
+use crate::tls::client_config;
+use amqp_bridge::{Consumer, SharedConnection};
+use futures::{SinkExt, StreamExt};
+use nodedata::{NodeData, NodeDatabase, PeerData};
+use rand::Rng;
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stomp_codec::{Frame, StompCodec, StompItem};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+/// What the client needs to run.
+pub struct ClientSettings {
+    pub nodedata_url: String,
+    pub broker_url: String,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub peer_id: String,
+    pub queue: String,
+    pub buffer: usize,
+    pub internal: Internal,
+}
+
+/// Why the client stops for good.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    #[error("peer {0} is not an active peer in the node database")]
+    UnknownPeer(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// How one link ended.
+enum LinkEnd {
+    /// Shutdown requested and done.
+    Shutdown,
+    /// Retry after a back-off.
+    Retry(String),
+    /// Give up.
+    Fatal(FatalError),
+}
+
+/// Runs the client until shutdown; reconnects after every failure.
+pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Result<(), FatalError> {
+    let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(anyhow::Error::from)?;
+    let node = db.node_data().await.map_err(anyhow::Error::from)?;
+    let peer = db
+        .active_peer(&s.peer_id)
+        .await
+        .map_err(anyhow::Error::from)?
+        .ok_or_else(|| FatalError::UnknownPeer(s.peer_id.clone()))?;
+    let mut certs = crate::tls::load_certs(&s.server_cert).map_err(anyhow::Error::from)?;
+    certs.truncate(1);
+    certs.push(peer.sub_cert.clone());
+    let key = crate::tls::load_key(&s.server_key).map_err(anyhow::Error::from)?;
+    let config = client_config(certs, key, &peer.node_id, &peer.root_cert).map_err(anyhow::Error::from)?;
+    let connector = TlsConnector::from(Arc::new(config));
+    let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
+    let timing = s.internal.timing();
+
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let started = Instant::now();
+        let end = link(&s, &node, &peer, &connector, &broker, &timing, &mut shutdown).await;
+        match end {
+            LinkEnd::Shutdown => return Ok(()),
+            LinkEnd::Fatal(e) => return Err(e),
+            LinkEnd::Retry(why) => {
+                if started.elapsed() > Duration::from_secs(60) {
+                    backoff = Duration::from_millis(500);
+                }
+                let jitter = rand::thread_rng().gen_range(0.5..1.5);
+                let wait = backoff.mul_f64(jitter);
+                tracing::warn!(
+                    "link to peer {} ended: {why}; reconnecting in {:.1}s",
+                    peer.node_id,
+                    wait.as_secs_f64()
+                );
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
+
+async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> Result<Conn, String> {
+    let servers = &peer.servers_manifest.servers;
+    let server = &servers[rand::thread_rng().gen_range(0..servers.len())];
+    let addr = format!("{}:{}", server.host, server.port);
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(server.host.clone())
+        .map_err(|e| format!("invalid server name {}: {e}", server.host))?;
+    let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| format!("TLS handshake with {addr} timed out"))?
+        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+    tracing::info!("connected to {addr}");
+    Ok(Framed::new(tls, StompCodec::default()))
+}
+
+/// Sends STOMP and waits for CONNECTED; returns the heart-beat intervals.
+async fn handshake(
+    framed: &mut Conn,
+    peer: &PeerData,
+    node: &NodeData,
+    timing: &Timing,
+) -> Result<(Option<Duration>, Option<Duration>), String> {
+    let m = &peer.servers_manifest;
+    let mut stomp = Frame::new("STOMP")
+        .header("accept-version", "1.2")
+        .header("host", m.host.clone())
+        .header("heart-beat", timing.offer());
+    if let Some(login) = &m.login {
+        stomp = stomp.header("login", login.clone());
+    }
+    if let Some(passcode) = &m.passcode {
+        stomp = stomp.header("passcode", passcode.clone());
+    }
+    let _ = node;
+    framed
+        .send(stomp)
+        .await
+        .map_err(|e| format!("sending STOMP failed: {e}"))?;
+    let deadline = tokio::time::Instant::now() + timing.connect_timeout;
+    loop {
+        let item = tokio::time::timeout_at(deadline, framed.next())
+            .await
+            .map_err(|_| "no CONNECTED frame in time".to_string())?;
+        match item {
+            None => return Err("the server closed the connection".into()),
+            Some(Err(e)) => return Err(format!("protocol error: {e}")),
+            Some(Ok(StompItem::HeartBeat)) => continue,
+            Some(Ok(StompItem::Frame(f))) => match f.command.as_str() {
+                "CONNECTED" => {
+                    if f.get("version") != Some("1.2") {
+                        return Err("Received wrong protocol version.".into());
+                    }
+                    let theirs =
+                        parse_heartbeat(f.get("heart-beat")).ok_or("Received invalid heart-beat value.")?;
+                    return Ok(timing.negotiate(theirs));
+                }
+                "ERROR" => {
+                    return Err(format!(
+                        "Received server error \"{}\".",
+                        f.get("message").unwrap_or("")
+                    ));
+                }
+                "RECEIPT" => return Err("Received another command before CONNECTED.".into()),
+                other => return Err(format!("Received unexpected command \"{other}\".")),
+            },
+        }
+    }
+}
+
+async fn link(
+    s: &ClientSettings,
+    node: &NodeData,
+    peer: &PeerData,
+    connector: &TlsConnector,
+    broker: &SharedConnection,
+    timing: &Timing,
+    shutdown: &mut watch::Receiver<bool>,
+) -> LinkEnd {
+    if *shutdown.borrow() {
+        return LinkEnd::Shutdown;
+    }
+    let mut framed = match open(peer, connector, timing.connect_timeout).await {
+        Ok(f) => f,
+        Err(e) => return LinkEnd::Retry(e),
+    };
+    let (send_every, expect_every) = match handshake(&mut framed, peer, node, timing).await {
+        Ok(hb) => hb,
+        Err(e) => return LinkEnd::Retry(e),
+    };
+    let prefetch = u16::try_from(s.buffer).unwrap_or(u16::MAX).max(1);
+    let mut consumer = match Consumer::new(broker, &s.queue, prefetch).await {
+        Ok(c) => c,
+        Err(amqp_bridge::BridgeError::NoQueue(q)) => {
+            return LinkEnd::Fatal(FatalError::Other(anyhow::anyhow!(
+                "the queue \"{q}\" does not exist (run configure-queue first)"
+            )))
+        }
+        Err(e) => return LinkEnd::Retry(e.to_string()),
+    };
+    let end = stream(
+        s,
+        node,
+        peer,
+        &mut framed,
+        &mut consumer,
+        timing,
+        send_every,
+        expect_every,
+        shutdown,
+    )
+    .await;
+    consumer.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::<StompItem>::close(&mut framed)).await;
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream(
+    s: &ClientSettings,
+    node: &NodeData,
+    peer: &PeerData,
+    framed: &mut Conn,
+    consumer: &mut Consumer,
+    timing: &Timing,
+    send_every: Option<Duration>,
+    expect_every: Option<Duration>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> LinkEnd {
+    let mut inflight: VecDeque<u64> = VecDeque::new();
+    let mut watchdog = Watchdog::new(expect_every, timing);
+    let mut heartbeat = tokio::time::interval(send_every.unwrap_or(Duration::from_secs(3600)));
+    heartbeat.reset();
+    let mut watch = tokio::time::interval(timing.watchdog_every);
+    let mut disconnecting: Option<tokio::time::Instant> = None;
+    let destination = peer.servers_manifest.destination.clone();
+    loop {
+        let room = inflight.len() < s.buffer && disconnecting.is_none();
+        tokio::select! {
+            _ = shutdown.changed(), if disconnecting.is_none() => {
+                match inflight.back() {
+                    None => return LinkEnd::Shutdown,
+                    Some(last) => {
+                        let frame = Frame::new("DISCONNECT").header("receipt", last.to_string());
+                        if framed.send(frame).await.is_err() {
+                            return LinkEnd::Shutdown;
+                        }
+                        disconnecting = Some(tokio::time::Instant::now() + Duration::from_secs(10));
+                    }
+                }
+            }
+            _ = async { match disconnecting { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                tracing::warn!("no RECEIPT for DISCONNECT in time; unconfirmed messages will be redelivered");
+                return LinkEnd::Shutdown;
+            }
+            delivery = consumer.next(), if room => {
+                let m = match delivery {
+                    Ok(m) => m,
+                    Err(e) => return LinkEnd::Retry(format!("consuming from \"{}\" failed: {e}", s.queue)),
+                };
+                match smp_json::client_process(node, peer, &m.msg_type, &m.content_type, &m.body) {
+                    Ok(msg) => {
+                        let send = Frame::new("SEND")
+                            .header("destination", destination.clone())
+                            .header("type", msg.msg_type.as_str())
+                            .header("content-type", "application/json")
+                            .header("persistent", "true")
+                            .header("receipt", m.delivery_tag.to_string())
+                            .body(msg.to_json());
+                        if let Err(e) = framed.send(send).await {
+                            return LinkEnd::Retry(format!("sending failed: {e}"));
+                        }
+                        inflight.push_back(m.delivery_tag);
+                    }
+                    Err(e) => {
+                        let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+                        tracing::error!(
+                            delivery_tag = m.delivery_tag,
+                            "rejecting a message to {}.XQ: {e}{detail}",
+                            s.queue
+                        );
+                        if let Err(e) = consumer.reject(m.delivery_tag).await {
+                            return LinkEnd::Retry(format!("rejecting failed: {e}"));
+                        }
+                    }
+                }
+            }
+            item = framed.next() => {
+                watchdog.fed();
+                match item {
+                    None => return LinkEnd::Retry("the server closed the connection".into()),
+                    Some(Err(e)) => return LinkEnd::Retry(format!("protocol error: {e}")),
+                    Some(Ok(StompItem::HeartBeat)) => {}
+                    Some(Ok(StompItem::Frame(f))) => match f.command.as_str() {
+                        "RECEIPT" => {
+                            let Some(tag) = f.get("receipt-id").and_then(|r| r.parse::<u64>().ok()) else {
+                                return LinkEnd::Retry("RECEIPT command without a receipt ID.".into());
+                            };
+                            if !inflight.contains(&tag) {
+                                return LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}"));
+                            }
+                            if let Err(e) = consumer.ack_up_to(tag).await {
+                                return LinkEnd::Retry(format!("acking failed: {e}"));
+                            }
+                            while inflight.front().is_some_and(|t| *t <= tag) {
+                                inflight.pop_front();
+                            }
+                            if disconnecting.is_some() && inflight.is_empty() {
+                                return LinkEnd::Shutdown;
+                            }
+                        }
+                        "ERROR" => {
+                            return LinkEnd::Retry(format!("Received server error \"{}\".", f.get("message").unwrap_or("")));
+                        }
+                        "CONNECTED" => return LinkEnd::Retry("Received CONNECTED command more than once.".into()),
+                        other => return LinkEnd::Retry(format!("Received unexpected command \"{other}\".")),
+                    },
+                }
+            }
+            _ = heartbeat.tick(), if send_every.is_some() => {
+                if framed.send(StompItem::HeartBeat).await.is_err() {
+                    return LinkEnd::Retry("the connection broke".into());
+                }
+            }
+            _ = watch.tick() => {
+                if watchdog.starved() {
+                    return LinkEnd::Retry("no data from the server in time (heart-beats stopped)".into());
+                }
+            }
+        }
+    }
+}
