@@ -293,6 +293,10 @@ impl<'a> Session<'a> {
                     watchdog.fed();
                     match item {
                         None => return Ok(()),
+                        Some(Err(stomp_codec::CodecError::Io(e))) => {
+                            tracing::info!("the connection broke: {e}");
+                            return Ok(());
+                        }
                         Some(Err(e)) => return Err(error_frame(&codec_error_text(&e))),
                         Some(Ok(StompItem::HeartBeat)) => {}
                         Some(Ok(StompItem::Frame(frame))) => {

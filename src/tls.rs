@@ -261,10 +261,12 @@ fn check_sub_ca(own_root: &[u8], sub: &[u8], leaf: &[u8]) -> Result<(), String> 
     let leaf_subject = leaf.subject().as_raw();
     // RDN-sequence prefix: compare the contents of the two Name SEQUENCEs.
     let contents = |der: &[u8]| -> Vec<u8> {
-        match x509_parser::der_parser::der::parse_der(der) {
-            Ok((_, obj)) => obj.as_slice().map(|s| s.to_vec()).unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
+        let header = match der.get(1) {
+            Some(&b) if b < 0x80 => 2,
+            Some(&b) => 2 + (b & 0x7f) as usize,
+            None => return Vec::new(),
+        };
+        der.get(header..).map(<[u8]>::to_vec).unwrap_or_default()
     };
     let leaf_rdns = contents(leaf_subject);
     if !permitted

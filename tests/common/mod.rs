@@ -1,0 +1,294 @@
+//! Test helpers: a RabbitMQ vhost of each test's own, free ports, a
+//! generated network, the gateway's binaries as child processes.
+#![allow(dead_code)]
+
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use nodedata::generate::{write_devnet, Devnet, DevnetOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A vhost that lives as long as the value.
+pub struct Vhost {
+    pub name: String,
+    pub url: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl must be installed");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Vhost {
+    pub fn new(prefix: &str) -> Vhost {
+        let name = format!("swpt-test-{prefix}-{}", std::process::id());
+        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &name]).output();
+        rabbitmqctl(&["add_vhost", &name]);
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
+        let url = format!("amqp://guest:guest@127.0.0.1:5672/{name}");
+        Vhost { name, url }
+    }
+
+    pub async fn channel(&self) -> (Connection, Channel) {
+        let conn = amqp_bridge::connect(&self.url, Duration::from_secs(10))
+            .await
+            .expect("connect to RabbitMQ");
+        let ch = conn.create_channel().await.unwrap();
+        (conn, ch)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn devnet(dir: &Path) -> Devnet {
+    write_devnet(
+        dir,
+        &DevnetOptions {
+            aa_port: free_port(),
+            ca_port: free_port(),
+            da_port: free_port(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn sigterm(&mut self) {
+        unsafe_kill(self.0.id(), "TERM");
+    }
+    pub fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "swpt-server" => PathBuf::from(env!("CARGO_BIN_EXE_swpt-server")),
+        "swpt-client" => PathBuf::from(env!("CARGO_BIN_EXE_swpt-client")),
+        "swpt-drainer" => PathBuf::from(env!("CARGO_BIN_EXE_swpt-drainer")),
+        "configure-queue" => PathBuf::from(env!("CARGO_BIN_EXE_configure-queue")),
+        _ => panic!("no binary {name}"),
+    }
+}
+
+/// The environment of a node's process.
+pub fn node_env(cmd: &mut Command, node_dir: &Path, broker: &str) {
+    cmd.env("SWPT_NODEDATA_URL", format!("file://{}", node_dir.display()))
+        .env("PROTOCOL_BROKER_URL", broker)
+        .env("SWPT_SERVER_CERT", node_dir.join("server.crt"))
+        .env("SWPT_SERVER_KEY", node_dir.join("server.key"))
+        .env("APP_LOG_LEVEL", "warning");
+}
+
+pub fn spawn(name: &str, args: &[&str], node_dir: &Path, broker: &str, extra_env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args).stdin(Stdio::null());
+    node_env(&mut cmd, node_dir, broker);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().unwrap())
+}
+
+pub fn run(name: &str, args: &[&str], node_dir: &Path, broker: &str) -> std::process::Output {
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args);
+    node_env(&mut cmd, node_dir, broker);
+    cmd.output().unwrap()
+}
+
+/// Waits until `port` accepts connections.
+pub async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on port {port}");
+}
+
+/// Declares `exchange` (topic) and a queue bound to it with `#`.
+pub async fn sink_queue(ch: &Channel, exchange: &str, queue: &str) {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange,
+        lapin::ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue,
+        exchange,
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, msg_type: &str, body: &[u8]) {
+    ch.basic_publish(
+        exchange,
+        key,
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default()
+            .with_type(msg_type.into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+/// Collects `n` deliveries from `queue` (acking them), or panics after
+/// `timeout`.
+pub async fn collect(
+    ch: &Channel,
+    queue: &str,
+    n: usize,
+    timeout: Duration,
+) -> Vec<lapin::message::Delivery> {
+    let mut consumer = ch
+        .basic_consume(
+            queue,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => out.push(d),
+            Ok(other) => panic!("consumer ended: {other:?}"),
+            Err(_) => panic!("only {} of {n} messages arrived in {queue}", out.len()),
+        }
+    }
+    let _ = ch
+        .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+        .await;
+    out
+}
+
+pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue,
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .message_count()
+}
+
+pub fn shared_data() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/swpt-test-data");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: ../shared/swpt-test-data is not beside the repository");
+        None
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// A PrepareTransfer as the CA's services write it (CA subnet 000008).
+pub fn prepare_transfer(i: i64) -> serde_json::Value {
+    serde_json::json!({
+        "type": "PrepareTransfer",
+        "debtor_id": 0x1234abcd00000001_i64,
+        "creditor_id": 0x0000080000000001_i64,
+        "coordinator_type": "direct",
+        "coordinator_id": 0x0000080000000001_i64,
+        "coordinator_request_id": i,
+        "min_locked_amount": 1000,
+        "max_locked_amount": 2000,
+        "recipient": "r",
+        "final_interest_rate_ts": "2023-01-01T12:00:00+00:00",
+        "max_commit_delay": 100,
+        "ts": "2023-01-01T12:00:00+00:00",
+    })
+}

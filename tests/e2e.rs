@@ -1,0 +1,148 @@
+//! End to end: real RabbitMQ, real TLS, the real binaries.
+
+mod common;
+
+use common::*;
+use lapin::types::{AMQPValue, ShortString};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+/// The routing key the CA's services use for a debtor of the AA.
+const CA_OUT_KEY: &str = "12.34.ab.cd.00.00.00.01";
+
+fn header<'a>(d: &'a lapin::message::Delivery, name: &str) -> &'a AMQPValue {
+    d.properties
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .get(&ShortString::from(name))
+        .unwrap()
+}
+
+/// Runs CA -> AA with `n` good messages (and optional poison ones) over the
+/// node databases in `aa_dir` and `ca_dir`.
+async fn ca_to_aa(vhost: &Vhost, aa_dir: &Path, ca_dir: &Path, aa_port: u16, n: i64, poison: bool) {
+    let (_conn, ch) = vhost.channel().await;
+    sink_queue(&ch, "accounts_in", "aa_received").await;
+    let out = run("configure-queue", &["1234abcd", "to_aa"], ca_dir, &vhost.url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port = aa_port.to_string();
+    let _server = spawn(
+        "swpt-server",
+        &[],
+        aa_dir,
+        &vhost.url,
+        &[("SWPT_SERVER_PORT", &port)],
+    );
+    wait_port(aa_port).await;
+    for i in 0..n {
+        if poison && i == n / 2 {
+            publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", b"{not json").await;
+        }
+        let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
+        publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", &body).await;
+    }
+    let _client = spawn("swpt-client", &["1234abcd", "to_aa"], ca_dir, &vhost.url, &[]);
+    let got = collect(&ch, "aa_received", n as usize, Duration::from_secs(60)).await;
+    let mut seen = std::collections::HashSet::new();
+    for d in &got {
+        let v: Value = serde_json::from_slice(&d.data).unwrap();
+        let mut expected = prepare_transfer(v["coordinator_request_id"].as_i64().unwrap());
+        expected["creditor_id"] = json!(0x0000010000000001_i64);
+        expected["coordinator_id"] = json!(0x0000010000000001_i64);
+        assert_eq!(v, expected);
+        seen.insert(v["coordinator_request_id"].as_i64().unwrap());
+        assert_eq!(d.properties.kind().as_ref().unwrap().as_str(), "PrepareTransfer");
+        assert_eq!(
+            d.properties.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(d.properties.app_id().as_ref().unwrap().as_str(), "swpt_stomp");
+        assert_eq!(*d.properties.delivery_mode(), Some(2));
+        assert_eq!(
+            header(d, "debtor-id"),
+            &AMQPValue::LongLongInt(0x1234abcd00000001)
+        );
+        assert_eq!(
+            header(d, "creditor-id"),
+            &AMQPValue::LongLongInt(0x0000010000000001)
+        );
+        assert_eq!(
+            header(d, "coordinator-type"),
+            &AMQPValue::LongString("direct".into())
+        );
+        assert_eq!(
+            header(d, "message-type"),
+            &AMQPValue::LongString("PrepareTransfer".into())
+        );
+        assert_eq!(
+            d.routing_key.as_str(),
+            smp_json::routing_key(&[0x1234abcd00000001, 0x0000010000000001])
+        );
+    }
+    assert_eq!(seen.len(), n as usize, "every message arrived");
+    // The client acks everything: the queue ends empty.
+    for _ in 0..100 {
+        if message_count(&ch, "to_aa").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(message_count(&ch, "to_aa").await, 0);
+    if poison {
+        assert_eq!(
+            message_count(&ch, "to_aa.XQ").await,
+            1,
+            "the poison message is dead-lettered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_to_aa_generated_network_1000_messages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("ca2aa");
+    let aa_port = nodedata::parse_manifest(
+        &std::fs::read_to_string(net.ca_dir.join("peers/1234abcd/nodeinfo/stomp.toml")).unwrap(),
+        "x",
+    )
+    .unwrap()
+    .servers[0]
+        .port;
+    ca_to_aa(&vhost, &net.aa_dir, &net.ca_dir, aa_port, 1000, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_message_is_dead_lettered_and_the_rest_arrive() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("poison");
+    let aa_port = net_port(&net.ca_dir, "1234abcd");
+    ca_to_aa(&vhost, &net.aa_dir, &net.ca_dir, aa_port, 100, true).await;
+}
+
+fn net_port(node: &Path, peer: &str) -> u16 {
+    let text = std::fs::read_to_string(node.join(format!("peers/{peer}/nodeinfo/stomp.toml"))).unwrap();
+    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_to_aa_shared_test_network() {
+    let Some(data) = shared_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let aa = tmp.path().join("AA");
+    let ca = tmp.path().join("CA");
+    copy_dir(&data.join("AA"), &aa);
+    copy_dir(&data.join("CA"), &ca);
+    let port = free_port();
+    std::fs::write(
+        ca.join("peers/1234abcd/nodeinfo/stomp.toml"),
+        format!("servers = [\"127.0.0.1:{port}\"]\nhost = \"/\"\ndestination = \"/exchange/accounts_in\"\n"),
+    )
+    .unwrap();
+    let vhost = Vhost::new("shared");
+    ca_to_aa(&vhost, &aa, &ca, port, 200, false).await;
+}
