@@ -110,8 +110,8 @@ mod tests {
         assert_eq!(Subnet::parse("").unwrap(), Subnet::UNIVERSAL);
         assert_eq!(Subnet::parse("0000000000000000").unwrap(), Subnet::ZERO);
         let s = Subnet::parse("1234abcd").unwrap();
-        assert_eq!(s.subnet, 0x1234abcd_0000_0000);
-        assert_eq!(s.mask, 0xffffffff_0000_0000);
+        assert_eq!(s.subnet, 0x1234_abcd_0000_0000);
+        assert_eq!(s.mask, 0xffff_ffff_0000_0000);
         let full = Subnet::parse("fffffffffffffffe").unwrap();
         assert_eq!(full.mask, u64::MAX);
         assert!(Subnet::parse("ffffffffffffffff").is_err());

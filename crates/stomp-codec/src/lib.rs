@@ -187,7 +187,7 @@ impl StompCodec {
         self.limits.max_command_len + 2 + self.limits.max_headers_len
     }
 
-    fn parse_head(&self, head: &[u8]) -> Result<(String, Vec<(String, String)>, Option<usize>), CodecError> {
+    fn parse_head(&self, head: &[u8]) -> Result<ParsedHead, CodecError> {
         let mut lines = head.split(|&b| b == b'\n').map(strip_cr);
         let command = lines.next().unwrap_or_default();
         if command.is_empty()
@@ -240,6 +240,9 @@ impl StompCodec {
         Ok((command, headers, content_length))
     }
 }
+
+/// A parsed head: command, headers, content-length.
+type ParsedHead = (String, Vec<(String, String)>, Option<usize>);
 
 fn strip_cr(line: &[u8]) -> &[u8] {
     match line.last() {
