@@ -395,12 +395,16 @@ impl Message {
                 if f.get("status_code").and_then(Value::as_str) != Some("OK")
                     && int(f, "committed_amount") != 0 =>
             {
-                return Err(SchemaError::Rule("a failed transfer must have committed_amount = 0"));
+                return Err(SchemaError::Rule(
+                    "a failed transfer must have committed_amount = 0",
+                ));
             }
             MessageType::AccountTransfer
                 if int(f, "previous_transfer_number") >= int(f, "transfer_number") =>
             {
-                return Err(SchemaError::Rule("previous_transfer_number must be below transfer_number"));
+                return Err(SchemaError::Rule(
+                    "previous_transfer_number must be below transfer_number",
+                ));
             }
             _ => {}
         }

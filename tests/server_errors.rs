@@ -1,0 +1,204 @@
+//! A raw STOMP session over real TLS against a real swpt-server: every
+//! ERROR of SPEC section 5, and RECEIPTs only after confirmation.
+
+mod common;
+
+use common::*;
+use futures::{SinkExt, StreamExt};
+use nodedata::generate::Devnet;
+use std::sync::Arc;
+use std::time::Duration;
+use stomp_codec::{Frame, StompCodec, StompItem};
+use tokio_util::codec::Framed;
+
+type Conn = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, StompCodec>;
+
+async fn dial(net: &Devnet, port: u16) -> Conn {
+    let mut certs = swpt_gateway::tls::load_certs(&net.ca_dir.join("server.crt")).unwrap();
+    certs.extend(swpt_gateway::tls::load_certs(&net.ca_dir.join("peers/1234abcd/sub-ca.crt")).unwrap());
+    let key = swpt_gateway::tls::load_key(&net.ca_dir.join("server.key")).unwrap();
+    let root = swpt_gateway::tls::load_certs(&net.aa_dir.join("root-ca.crt"))
+        .unwrap()
+        .remove(0);
+    let config = swpt_gateway::tls::client_config(certs, key, "1234abcd", &root).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    Framed::new(tls, StompCodec::default())
+}
+
+async fn next_frame(c: &mut Conn) -> Option<Frame> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), c.next())
+            .await
+            .expect("no answer in time")
+        {
+            Some(Ok(StompItem::Frame(f))) => return Some(f),
+            Some(Ok(StompItem::HeartBeat)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+fn connect_frame() -> Frame {
+    Frame::new("CONNECT")
+        .header("accept-version", "1.1,1.2")
+        .header("host", "/")
+}
+
+fn send_frame(receipt: &str, body: &serde_json::Value) -> Frame {
+    Frame::new("SEND")
+        .header("destination", "/exchange/accounts_in")
+        .header("type", "PrepareTransfer")
+        .header("content-type", "application/json")
+        .header("receipt", receipt)
+        .body(serde_json::to_vec(body).unwrap())
+}
+
+fn masqueraded(i: i64) -> serde_json::Value {
+    let mut v = prepare_transfer(i);
+    v["creditor_id"] = serde_json::json!(0x0000010000000001_i64);
+    v["coordinator_id"] = serde_json::json!(0x0000010000000001_i64);
+    v
+}
+
+/// Sends `frames` (after CONNECT when `connect`), returns the ERROR.
+async fn error_for(net: &Devnet, port: u16, connect: bool, frames: Vec<Frame>) -> Frame {
+    let mut c = dial(net, port).await;
+    if connect {
+        c.send(connect_frame()).await.unwrap();
+        let f = next_frame(&mut c).await.unwrap();
+        assert_eq!(f.command, "CONNECTED");
+        assert_eq!(f.get("version"), Some("1.2"));
+        assert_eq!(f.get("heart-beat"), Some("5000,500"));
+    }
+    for f in frames {
+        let _ = c.send(f).await;
+    }
+    loop {
+        let f = next_frame(&mut c).await.expect("an ERROR frame");
+        if f.command == "ERROR" {
+            // The server closes after an ERROR.
+            assert!(next_frame(&mut c).await.is_none());
+            return f;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_error_and_receipt_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("errors");
+    let (_conn, ch) = vhost.channel().await;
+    sink_queue(&ch, "accounts_in", "aa_received").await;
+    let port = net_port(&net);
+    let _server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        &vhost.url,
+        &[
+            ("SWPT_SERVER_PORT", &port.to_string()),
+            ("APP_STOMP_NETWORK_DELAY_MS", "500"),
+            ("APP_STOMP_WATCHDOG_MS", "200"),
+            ("APP_STOMP_HEARTBEAT_RECV_MS", "500"),
+        ],
+    );
+    wait_port(port).await;
+
+    let msg = |f: &Frame| f.get("message").unwrap_or("").to_string();
+    let good = masqueraded(1);
+
+    let e = error_for(&net, port, false, vec![send_frame("1", &good)]).await;
+    assert_eq!(msg(&e), "Received another command before CONNECT.");
+    let e = error_for(
+        &net,
+        port,
+        false,
+        vec![Frame::new("CONNECT").header("accept-version", "1.0,1.1")],
+    )
+    .await;
+    assert_eq!(msg(&e), "STOMP 1.2 is not supported by the client.");
+    let e = error_for(
+        &net,
+        port,
+        false,
+        vec![connect_frame().header("heart-beat", "x,1")],
+    )
+    .await;
+    assert_eq!(msg(&e), "Received invalid heart-beat value.");
+    let e = error_for(&net, port, true, vec![connect_frame()]).await;
+    assert_eq!(msg(&e), "Received CONNECT command more than once.");
+    let e = error_for(&net, port, true, vec![Frame::new("SUBSCRIBE").header("id", "1")]).await;
+    assert_eq!(msg(&e), "Received unexpected command \"SUBSCRIBE\".");
+    for missing in ["receipt", "type", "destination"] {
+        let mut f = send_frame("1", &good);
+        f.headers.retain(|(n, _)| n != missing);
+        let e = error_for(&net, port, true, vec![f]).await;
+        assert_eq!(msg(&e), format!("SEND command without a {missing} header."));
+    }
+    let mut f = send_frame("7", &good);
+    f.headers[0].1 = "/exchange/elsewhere".into();
+    let e = error_for(&net, port, true, vec![f]).await;
+    assert_eq!(msg(&e), "Invalid SEND destination \"/exchange/elsewhere\".");
+    assert_eq!(e.get("receipt-id"), Some("7"));
+    assert_eq!(e.get("type"), Some("PrepareTransfer"));
+    assert_eq!(e.get("content-type"), Some("application/json"));
+    assert_eq!(e.body, serde_json::to_vec(&good).unwrap());
+
+    // A message failing processing: ERROR with its context, not published.
+    let mut bad = good.clone();
+    bad["creditor_id"] = serde_json::json!(0x0000090000000001_i64);
+    bad["coordinator_id"] = serde_json::json!(0x0000090000000001_i64);
+    let e = error_for(&net, port, true, vec![send_frame("9", &bad)]).await;
+    assert_eq!(msg(&e), "Invalid creditor ID: 0x0000090000000001.");
+    assert_eq!(e.get("receipt-id"), Some("9"));
+    let mut plain = send_frame("10", &good);
+    plain.headers[2].1 = "text/plain".into();
+    let e = error_for(&net, port, true, vec![plain]).await;
+    assert_eq!(msg(&e), "Unsupported content type: text/plain.");
+
+    // RECEIPTs come only after confirmation, and DISCONNECT's last.
+    let mut c = dial(&net, port).await;
+    c.send(connect_frame()).await.unwrap();
+    assert_eq!(next_frame(&mut c).await.unwrap().command, "CONNECTED");
+    for i in 0..20 {
+        c.send(send_frame(&i.to_string(), &masqueraded(i))).await.unwrap();
+    }
+    c.send(Frame::new("DISCONNECT").header("receipt", "bye"))
+        .await
+        .unwrap();
+    let mut receipts = Vec::new();
+    while let Some(f) = next_frame(&mut c).await {
+        assert_eq!(f.command, "RECEIPT");
+        receipts.push(f.get("receipt-id").unwrap().to_string());
+    }
+    assert_eq!(receipts.last().map(String::as_str), Some("bye"));
+    // Everything receipted is in the broker, and nothing that failed.
+    let got = collect(&ch, "aa_received", 20, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 20);
+    assert_eq!(message_count(&ch, "aa_received").await, 0);
+
+    // A peer that goes silent after CONNECT is dropped by the watchdog.
+    let mut c = dial(&net, port).await;
+    c.send(connect_frame().header("heart-beat", "100,0"))
+        .await
+        .unwrap();
+    assert_eq!(next_frame(&mut c).await.unwrap().command, "CONNECTED");
+    let started = std::time::Instant::now();
+    let e = next_frame(&mut c).await.unwrap();
+    assert_eq!(e.command, "ERROR");
+    assert!(
+        e.get("message").unwrap().starts_with("No data received for"),
+        "{e:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+fn net_port(net: &Devnet) -> u16 {
+    let text = std::fs::read_to_string(net.ca_dir.join("peers/1234abcd/nodeinfo/stomp.toml")).unwrap();
+    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
+}
