@@ -292,3 +292,35 @@ pub fn prepare_transfer(i: i64) -> serde_json::Value {
         "ts": "2023-01-01T12:00:00+00:00",
     })
 }
+
+/// One long-lived auto-ack consumer, so that nothing delivered is dropped
+/// between reads.
+pub struct Collector {
+    consumer: lapin::Consumer,
+}
+
+impl Collector {
+    pub async fn new(ch: &Channel, queue: &str) -> Collector {
+        let consumer = ch
+            .basic_consume(
+                queue,
+                "",
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        Collector { consumer }
+    }
+
+    /// The next delivery, or `None` after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<lapin::message::Delivery> {
+        match tokio::time::timeout(timeout, self.consumer.next()).await {
+            Ok(Some(Ok(d))) => Some(d),
+            _ => None,
+        }
+    }
+}

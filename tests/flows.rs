@@ -1,0 +1,300 @@
+//! The other directions (AA -> CA, AA -> DA, DA -> AA), a server killed
+//! mid-stream, and clean stops on SIGTERM.
+
+mod common;
+
+use common::*;
+use nodedata::generate::Devnet;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::Duration;
+
+fn port_of(node: &Path, peer: &str) -> u16 {
+    let text = std::fs::read_to_string(node.join(format!("peers/{peer}/nodeinfo/stomp.toml"))).unwrap();
+    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
+}
+
+struct Flow<'a> {
+    sender: &'a Path,
+    receiver: &'a Path,
+    receiver_id: &'a str,
+    main_exchange: &'a str,
+    key: &'a str,
+    in_exchange: &'a str,
+}
+
+/// Sends `messages` from `sender` to `receiver` through the real binaries
+/// and returns what lands in the receiver's `*_in` exchange.
+async fn flow(vhost: &Vhost, f: &Flow<'_>, messages: &[(&str, Value)]) -> Vec<Value> {
+    let (_c, ch) = vhost.channel().await;
+    sink_queue(&ch, f.in_exchange, "received").await;
+    let out = run(
+        "configure-queue",
+        &[f.receiver_id, "outgoing"],
+        f.sender,
+        &vhost.url,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let port = port_of(f.sender, f.receiver_id);
+    let _server = spawn(
+        "swpt-server",
+        &[],
+        f.receiver,
+        &vhost.url,
+        &[("SWPT_SERVER_PORT", &port.to_string())],
+    );
+    wait_port(port).await;
+    for (t, v) in messages {
+        publish(&ch, f.main_exchange, f.key, t, &serde_json::to_vec(v).unwrap()).await;
+    }
+    let _client = spawn(
+        "swpt-client",
+        &[f.receiver_id, "outgoing"],
+        f.sender,
+        &vhost.url,
+        &[],
+    );
+    let got = collect(&ch, "received", messages.len(), Duration::from_secs(30)).await;
+    got.iter()
+        .map(|d| serde_json::from_slice(&d.data).unwrap())
+        .collect()
+}
+
+fn account_update(creditor: i64, debtor: i64) -> Value {
+    json!({"type": "AccountUpdate", "debtor_id": debtor, "creditor_id": creditor, "creation_date": "2020-01-01",
+        "last_change_ts": "2023-01-01T12:00:00+00:00", "last_change_seqnum": 1, "principal": 100, "interest": 1.5,
+        "interest_rate": 2.0, "last_interest_rate_change_ts": "2023-01-01T12:00:00+00:00",
+        "last_config_ts": "2023-01-01T12:00:00+00:00", "last_config_seqnum": 1, "negligible_amount": 0.0,
+        "config_flags": 0, "config_data": "", "account_id": "acc", "debtor_info_iri": "", "debtor_info_content_type": "",
+        "debtor_info_sha256": "", "last_transfer_number": 3, "last_transfer_committed_at": "2023-01-01T12:00:00+00:00",
+        "demurrage_rate": -10.0, "commit_period": 100, "transfer_note_max_bytes": 500,
+        "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_to_ca_unmasquerades() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net: Devnet = devnet(tmp.path());
+    let vhost = Vhost::new("aa2ca");
+    let msgs: Vec<_> = (0..50)
+        .map(|i| {
+            (
+                "AccountUpdate",
+                account_update(0x0000010100000000 + i, 0x1234abcd00000001),
+            )
+        })
+        .collect();
+    let got = flow(
+        &vhost,
+        &Flow {
+            sender: &net.aa_dir,
+            receiver: &net.ca_dir,
+            receiver_id: &net.ca_id,
+            main_exchange: "to_creditors",
+            key: "00.00.01.01.00.00.00.00",
+            in_exchange: "creditors_in",
+        },
+        &msgs,
+    )
+    .await;
+    for v in got {
+        let c = v["creditor_id"].as_i64().unwrap();
+        assert_eq!(
+            c & !0xffff_ffff_i64 & 0x0000_ffff_ffff_ffff,
+            0x0000_0801_0000_0000,
+            "moved to the CA's subnet 000008"
+        );
+        let mut expected = account_update(
+            c - 0x0000_0800_0000_0000 + 0x0000_0100_0000_0000,
+            0x1234abcd00000001,
+        );
+        expected["creditor_id"] = json!(c);
+        assert_eq!(v, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_to_da_and_da_to_aa() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net: Devnet = devnet(tmp.path());
+    let purge = json!({"type": "AccountPurge", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0,
+        "creation_date": "2020-01-01", "ts": "2023-01-01T12:00:00+00:00"});
+    let vhost = Vhost::new("aa2da");
+    let got = flow(
+        &vhost,
+        &Flow {
+            sender: &net.aa_dir,
+            receiver: &net.da_dir,
+            receiver_id: &net.da_id,
+            main_exchange: "to_debtors",
+            key: "12.34.ab.cd.00.00.00.01",
+            in_exchange: "debtors_in",
+        },
+        &[("AccountPurge", purge.clone())],
+    )
+    .await;
+    assert_eq!(got, vec![purge]);
+    drop(vhost);
+
+    let issuing = json!({"type": "PrepareTransfer", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0,
+        "coordinator_type": "issuing", "coordinator_id": 0x1234abcd00000001_i64, "coordinator_request_id": 1,
+        "min_locked_amount": 0, "max_locked_amount": 10, "recipient": "x",
+        "final_interest_rate_ts": "2023-01-01T12:00:00+00:00", "max_commit_delay": 100, "ts": "2023-01-01T12:00:00+00:00"});
+    let vhost = Vhost::new("da2aa");
+    let got = flow(
+        &vhost,
+        &Flow {
+            sender: &net.da_dir,
+            receiver: &net.aa_dir,
+            receiver_id: "1234abcd",
+            main_exchange: "debtors_out",
+            key: "",
+            in_exchange: "accounts_in",
+        },
+        &[("PrepareTransfer", issuing.clone())],
+    )
+    .await;
+    assert_eq!(got, vec![issuing]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_stream_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net: Devnet = devnet(tmp.path());
+    let vhost = Vhost::new("sigkill");
+    let (_c, ch) = vhost.channel().await;
+    sink_queue(&ch, "accounts_in", "received").await;
+    assert!(
+        run("configure-queue", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url)
+            .status
+            .success()
+    );
+    let port = port_of(&net.ca_dir, "1234abcd");
+    let env = [("SWPT_SERVER_PORT", port.to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &env);
+    wait_port(port).await;
+    const N: i64 = 5000;
+    for i in 0..N {
+        let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
+        publish(
+            &ch,
+            "creditors_out",
+            "12.34.ab.cd.00.00.00.01",
+            "PrepareTransfer",
+            &body,
+        )
+        .await;
+    }
+    let mut client = spawn(
+        "swpt-client",
+        &["1234abcd", "to_aa"],
+        &net.ca_dir,
+        &vhost.url,
+        &[],
+    );
+    // Let part of the stream through, then kill the server.
+    let mut received = Collector::new(&ch, "received").await;
+    let mut seen = std::collections::HashSet::new();
+    let id_of = |d: lapin::message::Delivery| -> i64 {
+        let v: Value = serde_json::from_slice(&d.data).unwrap();
+        v["coordinator_request_id"].as_i64().unwrap()
+    };
+    for _ in 0..500 {
+        seen.insert(id_of(
+            received
+                .next(Duration::from_secs(30))
+                .await
+                .expect("the stream flows"),
+        ));
+    }
+    server.sigkill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &env);
+    // The client reconnects by itself; every message arrives at least once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while (seen.len() as i64) < N && tokio::time::Instant::now() < deadline {
+        if let Some(d) = received.next(Duration::from_secs(5)).await {
+            seen.insert(id_of(d));
+        }
+    }
+    assert_eq!(seen.len() as i64, N);
+    // SIGTERM: the client stops cleanly.
+    client.sigterm();
+    let status = tokio::task::spawn_blocking(move || client.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn help_shows_defaults_and_env_names() {
+    for (bin_name, needles) in [
+        (
+            "swpt-server",
+            &[
+                "SWPT_SERVER_PORT",
+                "[default: 1234]",
+                "SWPT_SERVER_BUFFER",
+                "PROTOCOL_BROKER_URL",
+            ][..],
+        ),
+        (
+            "swpt-client",
+            &[
+                "SWPT_CLIENT_BUFFER",
+                "SWPT_SERVER_CERT",
+                "<PEER_NODE_ID>",
+                "<QUEUE_NAME>",
+            ][..],
+        ),
+        (
+            "swpt-drainer",
+            &["SWPT_CLIENT_BUFFER", "SWPT_SERVER_BUFFER", "-B"][..],
+        ),
+        ("configure-queue", &["SWPT_NODEDATA_URL", "APP_LOG_FORMAT"][..]),
+    ] {
+        let out = std::process::Command::new(bin(bin_name))
+            .arg("--help")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for n in needles {
+            assert!(text.contains(n), "{bin_name} --help lacks {n}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn json_logs_and_clear_startup_errors() {
+    let out = std::process::Command::new(bin("swpt-server"))
+        .env("SWPT_NODEDATA_URL", "file:///nonexistent/db")
+        .env("APP_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("root-ca.crt"), "the error names the file: {err}");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let port = free_port();
+    let mut server = spawn(
+        "swpt-server",
+        &[
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+            "-p",
+            &port.to_string(),
+        ],
+        &net.aa_dir,
+        "amqp://guest:guest@127.0.0.1:5672",
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    server.sigterm();
+    let status = server.0.wait().unwrap();
+    assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}");
+}
