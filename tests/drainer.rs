@@ -187,3 +187,105 @@ async fn configure_queue_routes_by_subnet_for_every_pairing() {
         );
     }
 }
+
+fn prepared_transfer() -> Value {
+    json!({"type": "PreparedTransfer", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0x0000020000000001_i64,
+        "coordinator_type": "agent", "coordinator_id": 0x0000020000000007_i64, "coordinator_request_id": 42,
+        "transfer_id": 99, "locked_amount": 10, "recipient": "r", "prepared_at": "2023-01-01T12:00:00+00:00",
+        "demurrage_rate": -1.0, "deadline": "2023-01-02T12:00:00+00:00",
+        "final_interest_rate_ts": "2023-01-01T12:00:00+00:00", "ts": "2023-01-01T12:00:00+00:00"})
+}
+
+fn account_update() -> Value {
+    json!({"type": "AccountUpdate", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0x0000020000000001_i64,
+        "creation_date": "2020-01-01", "last_change_ts": "2023-01-01T12:00:00+00:00", "last_change_seqnum": 1,
+        "principal": 100, "interest": 1.5, "interest_rate": 2.0, "last_interest_rate_change_ts": "2023-01-01T12:00:00+00:00",
+        "last_config_ts": "2023-01-01T12:00:00+00:00", "last_config_seqnum": 1, "negligible_amount": 0.0,
+        "config_flags": 0, "config_data": "", "account_id": "acc", "debtor_info_iri": "", "debtor_info_content_type": "",
+        "debtor_info_sha256": "", "last_transfer_number": 3, "last_transfer_committed_at": "2023-01-01T12:00:00+00:00",
+        "demurrage_rate": -10.0, "commit_period": 100, "transfer_note_max_bytes": 500,
+        "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
+}
+
+/// The AA drains its deactivated CA peer: a FinalizeTransfer for the
+/// PreparedTransfer, a ConfigureAccount for each AccountUpdate.
+async fn aa_drains(aa_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
+    let (_conn, ch) = vhost.channel().await;
+    sink_queue(&ch, "accounts_in", "aa_received").await;
+    declare_peer_queue(&ch, "to_gone").await;
+    let pt = prepared_transfer();
+    publish(
+        &ch,
+        "",
+        "to_gone",
+        "PreparedTransfer",
+        &serde_json::to_vec(&pt).unwrap(),
+    )
+    .await;
+    for _ in 0..2 {
+        publish(
+            &ch,
+            "",
+            "to_gone",
+            "AccountUpdate",
+            &serde_json::to_vec(&account_update()).unwrap(),
+        )
+        .await;
+    }
+    let _drainer = spawn("swpt-drainer", &[gone, "to_gone"], aa_dir, &vhost.url, &[]);
+    let got = collect(&ch, "aa_received", 3, Duration::from_secs(30)).await;
+    let replies: Vec<Value> = got
+        .iter()
+        .map(|d| serde_json::from_slice(&d.data).unwrap())
+        .collect();
+    let fin: Vec<&Value> = replies
+        .iter()
+        .filter(|v| v["type"] == "FinalizeTransfer")
+        .collect();
+    assert_eq!(fin.len(), 1);
+    assert_eq!(fin[0]["committed_amount"], json!(0));
+    for f in [
+        "transfer_id",
+        "coordinator_type",
+        "coordinator_id",
+        "coordinator_request_id",
+        "debtor_id",
+        "creditor_id",
+    ] {
+        assert_eq!(fin[0][f], pt[f], "{f}");
+    }
+    assert_eq!(fin[0]["transfer_note"], json!(""));
+    let cfg: Vec<&Value> = replies
+        .iter()
+        .filter(|v| v["type"] == "ConfigureAccount")
+        .collect();
+    assert_eq!(cfg.len(), 2);
+    for c in cfg {
+        assert_eq!(c["negligible_amount"], json!(1e30));
+        assert_eq!(c["config_flags"], json!(1));
+        assert_eq!(c["seqnum"], json!(0));
+        assert_eq!(c["config_data"], json!(""));
+    }
+    for _ in 0..50 {
+        if message_count(&ch, "to_gone").await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(message_count(&ch, "to_gone").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_drains_the_shared_deactivated_ca_peer() {
+    let Some(data) = shared_data() else { return };
+    let vhost = Vhost::new("aadrain-shared");
+    aa_drains(&data.join("AA"), "09cab36b6079e09c32a9dfd60446c469", &vhost).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_drains_a_generated_deactivated_ca_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("aadrain-gen");
+    aa_drains(&net.aa_dir, net.deactivated_ca_id.as_deref().unwrap(), &vhost).await;
+}
