@@ -10,7 +10,7 @@ use swpt_gateway::config::{init_logging, CommonArgs, Internal};
 /// Declares the exchanges, bindings and queues (QUEUE and QUEUE.XQ) that
 /// route messages for one peer; running it twice is harmless.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The peer's node ID.
     peer_node_id: String,

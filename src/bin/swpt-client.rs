@@ -7,7 +7,7 @@ use swpt_gateway::config::{init_logging, shutdown_signal, CertArgs, CommonArgs, 
 /// Consumes a RabbitMQ queue of messages for one peer and sends them to
 /// the peer's STOMP servers; reconnects by itself.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The peer's node ID.
     peer_node_id: String,

@@ -8,7 +8,7 @@ use swpt_gateway::drainer::{run, DrainerSettings};
 /// publishes the replies the peer would have sent for AccountUpdate,
 /// PreparedTransfer and ConfigureAccount.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The deactivated peer's node ID.
     peer_node_id: String,

@@ -7,7 +7,7 @@ use swpt_gateway::server::{bind, serve, ServerContext};
 /// Accepts mutually authenticated TLS STOMP connections from the node's
 /// peers and publishes the messages they send to the node's RabbitMQ.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The port to listen on.
     #[arg(short = 'p', long, env = "SWPT_SERVER_PORT", default_value_t = 1234)]

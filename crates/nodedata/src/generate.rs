@@ -276,6 +276,8 @@ pub struct NodeFiles {
     pub dir: PathBuf,
     pub auth: Authority,
     pub server_key: KeyPair,
+    /// Where the node's server listens (its manifest).
+    pub host: String,
     pub port: u16,
 }
 
@@ -285,6 +287,17 @@ impl NodeFiles {
     pub fn create(
         dir: PathBuf,
         auth: Authority,
+        port: u16,
+        own_subnet: Option<&str>,
+    ) -> Result<NodeFiles, GenError> {
+        Self::create_at(dir, auth, "127.0.0.1", port, own_subnet)
+    }
+
+    /// Like [`NodeFiles::create`], for a server on `host`.
+    pub fn create_at(
+        dir: PathBuf,
+        auth: Authority,
+        host: &str,
         port: u16,
         own_subnet: Option<&str>,
     ) -> Result<NodeFiles, GenError> {
@@ -300,20 +313,21 @@ impl NodeFiles {
             (NodeType::DA, Some(s)) => write_file(&dir, "debtors-subnet.txt", format!("{s}\n"))?,
             _ => {}
         }
-        write_file(&dir, "nodeinfo/stomp.toml", manifest(auth.node_type, port))?;
+        write_file(&dir, "nodeinfo/stomp.toml", manifest(auth.node_type, host, port))?;
         Ok(NodeFiles {
             dir,
             auth,
             server_key,
+            host: host.to_string(),
             port,
         })
     }
 }
 
-/// The manifest of a node serving on 127.0.0.1:`port`.
-pub fn manifest(node_type: NodeType, port: u16) -> String {
+/// The manifest of a node serving on `host`:`port`.
+pub fn manifest(node_type: NodeType, host: &str, port: u16) -> String {
     format!(
-        "servers = [\"127.0.0.1:{port}\"]\nhost = \"/\"\ndestination = \"{}\"\n",
+        "servers = [\"{host}:{port}\"]\nhost = \"/\"\ndestination = \"{}\"\n",
         node_type.stomp_destination()
     )
 }
@@ -350,7 +364,7 @@ pub fn write_peer(node: &NodeFiles, link: &PeerLink<'_>) -> Result<(), GenError>
     write_file(
         &dir,
         "nodeinfo/stomp.toml",
-        manifest(peer.auth.node_type, peer.port),
+        manifest(peer.auth.node_type, &peer.host, peer.port),
     )?;
     if let Some((name, value)) = link.subnet_file {
         write_file(&dir, name, format!("{value}\n"))?;
@@ -366,6 +380,9 @@ pub fn write_peer(node: &NodeFiles, link: &PeerLink<'_>) -> Result<(), GenError>
 pub struct DevnetOptions {
     /// The AA's node ID (8 hex digits).
     pub aa_id: String,
+    /// The host name every manifest names (127.0.0.1 by default; a
+    /// service name for docker-compose).
+    pub host: String,
     pub aa_port: u16,
     pub ca_port: u16,
     pub da_port: u16,
@@ -381,6 +398,7 @@ impl Default for DevnetOptions {
     fn default() -> Self {
         DevnetOptions {
             aa_id: "1234abcd".to_string(),
+            host: "127.0.0.1".to_string(),
             aa_port: 1234,
             ca_port: 1235,
             da_port: 1236,

@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         debtors_subnet: sub("1234abcd"),
         state: PeerState::Active,
     };
-    let body = br#"{"type":"PrepareTransfer","debtor_id":1311768467463790593,"creditor_id":1099511627777,"coordinator_type":"direct","coordinator_id":1099511627777,"coordinator_request_id":1,"min_locked_amount":1000,"max_locked_amount":2000,"recipient":"5921983fe0e6eb987aeedca54ad3c708-0000080000000001","final_interest_rate_ts":"2023-01-01T12:00:00+00:00","max_commit_delay":86400,"ts":"2023-01-01T12:00:00.123456+00:00"}"#;
+    let body = br#"{"type":"PrepareTransfer","debtor_id":1311862288428302337,"creditor_id":1099511627777,"coordinator_type":"direct","coordinator_id":1099511627777,"coordinator_request_id":1,"min_locked_amount":1000,"max_locked_amount":2000,"recipient":"5921983fe0e6eb987aeedca54ad3c708-0000080000000001","final_interest_rate_ts":"2023-01-01T12:00:00+00:00","max_commit_delay":86400,"ts":"2023-01-01T12:00:00.123456+00:00"}"#;
     let now = smp_json::now_micros();
     server_process(&node, &peer, "PrepareTransfer", "application/json", body, now).unwrap();
     c.bench_function("server_process PrepareTransfer", |b| {

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "\
-Usage: swpt-nodedata devnet DIR [--aa-port N] [--ca-port N] [--da-port N]
+Usage: swpt-nodedata devnet DIR [--host NAME] [--aa-port N] [--ca-port N] [--da-port N]
                                 [--aa-id HEX8] [--extra-ca-peers N] [--no-deactivated]
 
 Writes a consistent Swaptacular test network under DIR: node databases
 aa/, ca/ and da/ (root CA, server certificate and key, peers with their
-sub-CA certificates, manifests on 127.0.0.1, subnet files and ACTIVE
+sub-CA certificates, manifests on 127.0.0.1 (or --host), subnet files and ACTIVE
 markers), a deactivated peer for the AA and for the CA, and optionally
 N extra creditors agents peering with the AA (under extra-ca/).";
 
@@ -46,6 +46,7 @@ fn run(args: &[String]) -> Result<(), String> {
         };
         match arg.as_str() {
             "--aa-port" => opts.aa_port = port(value(arg)?, arg)?,
+            "--host" => opts.host = value(arg)?,
             "--ca-port" => opts.ca_port = port(value(arg)?, arg)?,
             "--da-port" => opts.da_port = port(value(arg)?, arg)?,
             "--aa-id" => {

@@ -1,0 +1,619 @@
+//! `swpt-bench`: the gateway's demo and its end-to-end benchmarks, run
+//! against a real RabbitMQ and the release binaries (found beside this
+//! one).
+//!
+//! ```text
+//!  demo / throughput / latency:
+//!    publisher ──> CA `creditors_out` ──> QUEUE ──> swpt-client ──TLS/STOMP──> swpt-server ──> AA `accounts_in` ──> bench.arrived
+//!  throughput also measures the broker's own limit:
+//!    bench.src ──> lapin consume + republish with confirms ──> bench.dst
+//!  scale: N in-process STOMP peers ──TLS──> one swpt-server
+//! ```
+
+mod scale;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use futures::stream::FuturesOrdered;
+use futures::StreamExt;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use nodedata::generate::{write_devnet, Devnet, DevnetOptions};
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Demo and end-to-end benchmarks of the Swaptacular STOMP gateway"
+)]
+struct Cli {
+    /// The RabbitMQ broker (a vhost of its own is best).
+    #[arg(
+        short = 'u',
+        long,
+        env = "PROTOCOL_BROKER_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672"
+    )]
+    broker_url: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// A local AA + CA network: messages published on the CA side arrive
+    /// on the AA side, with a live count and a summary.
+    Demo {
+        /// How many messages.
+        #[arg(short = 'n', long, default_value_t = 1000)]
+        count: u64,
+        /// Keep the gateway running after the summary (until Ctrl-C).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Throughput of the gateway against the broker's own limit, CPU time
+    /// and peak RSS of the gateway processes.
+    Throughput {
+        #[arg(short = 'n', long, default_value_t = 20_000)]
+        count: u64,
+        /// The gateway's buffers and the broker loop's window.
+        #[arg(short = 'b', long, default_value_t = 100)]
+        buffer: usize,
+    },
+    /// Publish-to-arrival latency at a low steady rate.
+    Latency {
+        #[arg(short = 'n', long, default_value_t = 500)]
+        count: u64,
+        /// Messages per second.
+        #[arg(short = 'r', long, default_value_t = 50)]
+        rate: u64,
+    },
+    /// One swpt-server and many peers, each heart-beating and sending a
+    /// message every few seconds.
+    Scale {
+        #[arg(short = 'p', long, default_value_t = 1000)]
+        peers: usize,
+        /// How long to hold the sessions, in seconds.
+        #[arg(short = 's', long, default_value_t = 600)]
+        seconds: u64,
+        /// Seconds between two messages of one peer.
+        #[arg(long, default_value_t = 5)]
+        every: u64,
+    },
+}
+
+/// A child process, stopped on drop.
+pub struct Proc(pub Child, pub &'static str);
+
+impl Proc {
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// (user + system CPU seconds, peak RSS in KiB) from /proc.
+    pub fn stats(&self) -> (f64, u64) {
+        proc_stats(self.0.id())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+pub fn proc_stats(pid: u32) -> (f64, u64) {
+    let ticks = 100.0; // CLK_TCK on Linux x86-64
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let cpu = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (cpu / ticks, hwm)
+}
+
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.parent().context("no binary directory")?.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build the workspace first (cargo build --release)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+pub fn spawn(
+    name: &'static str,
+    args: &[&str],
+    node: &Path,
+    broker: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(bin(name)?);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .env("SWPT_NODEDATA_URL", format!("file://{}", node.display()))
+        .env("PROTOCOL_BROKER_URL", broker)
+        .env("SWPT_SERVER_CERT", node.join("server.crt"))
+        .env("SWPT_SERVER_KEY", node.join("server.key"))
+        .env("APP_LOG_LEVEL", "warning");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Ok(Proc(
+        cmd.spawn().with_context(|| format!("starting {name}"))?,
+        name,
+    ))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(41234)
+}
+
+/// A PrepareTransfer as the CA's services write it.
+pub fn prepare_transfer(i: u64) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "PrepareTransfer",
+        "debtor_id": 0x1234abcd00000001_i64,
+        "creditor_id": 0x0000080000000001_i64,
+        "coordinator_type": "direct",
+        "coordinator_id": 0x0000080000000001_i64,
+        "coordinator_request_id": i,
+        "min_locked_amount": 1000,
+        "max_locked_amount": 2000,
+        "recipient": "5921983fe0e6eb987aeedca54ad3c708-0000080000000001",
+        "final_interest_rate_ts": "2023-01-01T12:00:00+00:00",
+        "max_commit_delay": 86400,
+        "ts": "2023-01-01T12:00:00.123456+00:00",
+    }))
+    .unwrap_or_default()
+}
+
+fn persistent(msg_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_type(msg_type.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// Publishes `n` messages with confirms, `window` in flight.
+async fn fill(ch: &Channel, exchange: &str, key: &str, n: u64, window: usize) -> anyhow::Result<()> {
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut pending = FuturesOrdered::new();
+    for i in 0..n {
+        if pending.len() >= window.max(1) {
+            if let Some(r) = pending.next().await {
+                let _: lapin::publisher_confirm::Confirmation = r?;
+            }
+        }
+        let c = ch
+            .basic_publish(
+                exchange,
+                key,
+                BasicPublishOptions::default(),
+                &prepare_transfer(i),
+                persistent("PrepareTransfer"),
+            )
+            .await?;
+        pending.push_back(c);
+    }
+    while let Some(r) = pending.next().await {
+        r?;
+    }
+    Ok(())
+}
+
+async fn declare_sink(ch: &Channel, exchange: &str, queue: &str) -> anyhow::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange,
+        lapin::ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        queue,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_purge(queue, QueuePurgeOptions::default()).await?;
+    ch.queue_bind(
+        queue,
+        exchange,
+        "#",
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Prints a live count: a bar on a terminal, plain lines otherwise.
+struct Progress {
+    total: u64,
+    tty: bool,
+    last_line: u64,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        Progress {
+            total,
+            tty: std::io::stderr().is_terminal(),
+            last_line: 0,
+        }
+    }
+    fn show(&mut self, done: u64) {
+        if self.tty {
+            let width = 40;
+            let filled = (done * width / self.total.max(1)) as usize;
+            eprint!(
+                "\r[{}{}] {done}/{}",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled),
+                self.total
+            );
+            let _ = std::io::stderr().flush();
+            if done == self.total {
+                eprintln!();
+            }
+        } else if done == self.total || done >= self.last_line + self.total.div_ceil(10) {
+            eprintln!("arrived: {done}/{}", self.total);
+            self.last_line = done;
+        }
+    }
+}
+
+/// A generated AA + CA network on free ports, with the CA's outgoing
+/// topology configured and the AA's server running.
+struct Gateway {
+    _dir: PathBuf,
+    net: Devnet,
+    server: Proc,
+}
+
+const ARRIVED: &str = "bench.arrived";
+const CA_QUEUE: &str = "bench.to_aa";
+const CA_KEY: &str = "12.34.ab.cd.00.00.00.01";
+
+async fn gateway(broker: &str, ch: &Channel, dir: PathBuf, buffer: usize) -> anyhow::Result<Gateway> {
+    let _ = std::fs::remove_dir_all(&dir);
+    let net = write_devnet(
+        &dir,
+        &DevnetOptions {
+            aa_port: free_port(),
+            ca_port: free_port(),
+            da_port: free_port(),
+            ..Default::default()
+        },
+    )?;
+    declare_sink(ch, "accounts_in", ARRIVED).await?;
+    let out = Command::new(bin("configure-queue")?)
+        .args(["1234abcd", CA_QUEUE])
+        .env("SWPT_NODEDATA_URL", format!("file://{}", net.ca_dir.display()))
+        .env("PROTOCOL_BROKER_URL", broker)
+        .output()?;
+    if !out.status.success() {
+        bail!("configure-queue failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _ = ch.queue_purge(CA_QUEUE, QueuePurgeOptions::default()).await;
+    let port = nodedata::parse_manifest(
+        &std::fs::read_to_string(net.ca_dir.join("peers/1234abcd/nodeinfo/stomp.toml"))?,
+        "x",
+    )
+    .map_err(anyhow::Error::msg)?
+    .servers[0]
+        .port;
+    let server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        broker,
+        &[
+            ("SWPT_SERVER_PORT", port.to_string()),
+            ("SWPT_SERVER_BUFFER", buffer.to_string()),
+        ],
+    )?;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(Gateway {
+        _dir: dir,
+        net,
+        server,
+    })
+}
+
+fn start_client(g: &Gateway, broker: &str, buffer: usize) -> anyhow::Result<Proc> {
+    spawn(
+        "swpt-client",
+        &["1234abcd", CA_QUEUE],
+        &g.net.ca_dir,
+        broker,
+        &[("SWPT_CLIENT_BUFFER", buffer.to_string())],
+    )
+}
+
+/// Waits for `n` arrivals; returns the time from `start` to the last.
+async fn arrivals(ch: &Channel, n: u64, mut progress: Option<Progress>) -> anyhow::Result<Instant> {
+    let mut consumer = ch
+        .basic_consume(
+            ARRIVED,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut done = 0;
+    while done < n {
+        match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
+            Ok(Some(Ok(_))) => {
+                done += 1;
+                if let Some(p) = progress.as_mut() {
+                    p.show(done);
+                }
+            }
+            Ok(_) => bail!("the consumer of {ARRIVED} ended"),
+            Err(_) => bail!("no message arrived for 60 s ({done} of {n})"),
+        }
+    }
+    Ok(Instant::now())
+}
+
+async fn demo(broker: &str, count: u64, keep: bool) -> anyhow::Result<()> {
+    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let ch = conn.create_channel().await?;
+    let dir = std::env::current_dir()?.join("demo-net");
+    eprintln!("generating a test network in {}", dir.display());
+    let g = gateway(broker, &ch, dir, 100).await?;
+    eprintln!(
+        "AA {} serving; CA {} sending; publishing {count} PrepareTransfer messages",
+        g.net.aa_id, g.net.ca_id
+    );
+    let pub_ch = conn.create_channel().await?;
+    fill(&pub_ch, "creditors_out", CA_KEY, count, 100).await?;
+    let start = Instant::now();
+    let mut client = start_client(&g, broker, 100)?;
+    let end = arrivals(&ch, count, Some(Progress::new(count))).await?;
+    let secs = (end - start).as_secs_f64();
+    println!("messages: {count}");
+    println!("seconds: {secs:.2}");
+    println!("messages per second: {:.0}", count as f64 / secs);
+    if keep {
+        eprintln!("the gateway keeps running (network in demo-net/); Ctrl-C stops it");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    client.stop();
+    let mut server = g.server;
+    server.stop();
+    Ok(())
+}
+
+/// The broker's own limit: consume and republish with confirms.
+async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> anyhow::Result<f64> {
+    let ch = conn.create_channel().await?;
+    declare_sink(&ch, "bench.dst_x", "bench.dst").await?;
+    ch.queue_declare(
+        "bench.src",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_purge("bench.src", QueuePurgeOptions::default()).await?;
+    let fill_ch = conn.create_channel().await?;
+    fill(&fill_ch, "", "bench.src", count, window).await?;
+
+    let src = conn.create_channel().await?;
+    src.basic_qos(window.min(u16::MAX as usize) as u16, BasicQosOptions::default())
+        .await?;
+    let dst = conn.create_channel().await?;
+    dst.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut consumer = src
+        .basic_consume(
+            "bench.src",
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let start = Instant::now();
+    let mut pending = FuturesOrdered::new();
+    let mut done = 0;
+    let mut consumed = 0;
+    while done < count {
+        tokio::select! {
+            Some(r) = pending.next(), if !pending.is_empty() => {
+                let (tag, c): (u64, Result<lapin::publisher_confirm::Confirmation, lapin::Error>) = r;
+                c?;
+                let mut last = tag;
+                done += 1;
+                while let Some(Some((tag, c))) = futures::FutureExt::now_or_never(pending.next()) {
+                    c?;
+                    last = tag;
+                    done += 1;
+                }
+                src.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+            }
+            d = consumer.next(), if consumed < count => {
+                let d = d.context("consumer ended")??;
+                consumed += 1;
+                let c = dst
+                    .basic_publish("bench.dst_x", "a.b", BasicPublishOptions::default(), &d.data, persistent("PrepareTransfer"))
+                    .await?;
+                let tag = d.delivery_tag;
+                pending.push_back(async move { (tag, c.await) });
+            }
+        }
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    for q in ["bench.src", "bench.dst"] {
+        let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
+    }
+    Ok(rate)
+}
+
+async fn throughput(broker: &str, count: u64, buffer: usize) -> anyhow::Result<()> {
+    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    eprintln!("measuring the broker's own limit ({count} messages, window {buffer})");
+    let limit = broker_limit(&conn, count, buffer).await?;
+
+    let ch = conn.create_channel().await?;
+    let dir = std::env::temp_dir().join(format!("swpt-bench-{}", std::process::id()));
+    let g = gateway(broker, &ch, dir.clone(), buffer).await?;
+    eprintln!("filling the client queue with {count} messages");
+    let pub_ch = conn.create_channel().await?;
+    fill(&pub_ch, "creditors_out", CA_KEY, count, buffer).await?;
+    let (server_cpu0, _) = g.server.stats();
+    let start = Instant::now();
+    let client = start_client(&g, broker, buffer)?;
+    let end = arrivals(&ch, count, None).await?;
+    let secs = (end - start).as_secs_f64();
+    let (server_cpu, server_rss) = g.server.stats();
+    let (client_cpu, client_rss) = client.stats();
+    let rate = count as f64 / secs;
+    println!("broker limit (consume + republish with confirms): {limit:.0} msg/s");
+    println!("gateway (swpt-client -> swpt-server over TLS): {rate:.0} msg/s");
+    println!("ratio gateway / broker limit: {:.2}", rate / limit);
+    println!(
+        "CPU per message (server + client): {:.1} us",
+        ((server_cpu - server_cpu0) + client_cpu) * 1e6 / count as f64
+    );
+    println!("peak RSS swpt-server: {:.1} MiB", server_rss as f64 / 1024.0);
+    println!("peak RSS swpt-client: {:.1} MiB", client_rss as f64 / 1024.0);
+    drop(client);
+    drop(g);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
+    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let ch = conn.create_channel().await?;
+    let dir = std::env::temp_dir().join(format!("swpt-bench-lat-{}", std::process::id()));
+    let g = gateway(broker, &ch, dir.clone(), 100).await?;
+    let _client = start_client(&g, broker, 100)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut consumer = ch
+        .basic_consume(
+            ARRIVED,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let pub_ch = conn.create_channel().await?;
+    pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut sent: HashMap<u64, Instant> = HashMap::new();
+    let mut latencies = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
+    let mut next = 0;
+    eprintln!("sending {count} messages at {rate} msg/s");
+    while (latencies.len() as u64) < count {
+        tokio::select! {
+            _ = tick.tick(), if next < count => {
+                sent.insert(next, Instant::now());
+                let _ = pub_ch
+                    .basic_publish("creditors_out", CA_KEY, BasicPublishOptions::default(), &prepare_transfer(next), persistent("PrepareTransfer"))
+                    .await?;
+                next += 1;
+            }
+            d = consumer.next() => {
+                let d = d.context("consumer ended")??;
+                let v: serde_json::Value = serde_json::from_slice(&d.data)?;
+                if let Some(at) = v["coordinator_request_id"].as_u64().and_then(|i| sent.get(&i)) {
+                    latencies.push(at.elapsed());
+                }
+            }
+        }
+    }
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("latency publish -> arrival at {rate} msg/s over {count} messages:");
+    println!("p50: {:.2} ms", ms(percentile(&latencies, 0.50)));
+    println!("p99: {:.2} ms", ms(percentile(&latencies, 0.99)));
+    println!("max: {:.2} ms", ms(*latencies.last().unwrap_or(&Duration::ZERO)));
+    drop(g);
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Demo { count, keep } => demo(&cli.broker_url, count, keep).await,
+        Cmd::Throughput { count, buffer } => throughput(&cli.broker_url, count, buffer).await,
+        Cmd::Latency { count, rate } => latency(&cli.broker_url, count, rate).await,
+        Cmd::Scale {
+            peers,
+            seconds,
+            every,
+        } => scale::run(&cli.broker_url, peers, seconds, every).await,
+    }
+}

@@ -1,0 +1,192 @@
+//! The scale mode: one swpt-server (AA) and many creditors-agent peers,
+//! each a TLS STOMP session held in this process.
+
+use crate::{prepare_transfer, proc_stats, rss_kib, spawn};
+use futures::{SinkExt, StreamExt};
+use nodedata::generate::{write_devnet, DevnetOptions};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use stomp_codec::{Frame, StompCodec, StompItem};
+use tokio_util::codec::Framed;
+
+/// Counters shared by the peers.
+#[derive(Default)]
+struct Counters {
+    connected: AtomicU64,
+    dropped: AtomicU64,
+    sent: AtomicU64,
+    receipted: AtomicU64,
+}
+
+pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("swpt-scale-{}", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    eprintln!("generating an AA with {peers} creditors-agent peers");
+    let net = write_devnet(
+        &dir,
+        &DevnetOptions {
+            aa_port: port,
+            extra_ca_peers: peers,
+            ..Default::default()
+        },
+    )?;
+    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let ch = conn.create_channel().await?;
+    crate::declare_sink(&ch, "accounts_in", "bench.scale").await?;
+    let server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        broker,
+        &[
+            ("SWPT_SERVER_PORT", port.to_string()),
+            ("APP_MAX_CONNECTIONS_PER_PEER", "2".into()),
+        ],
+    )?;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = server.0.id();
+    let rss_before = rss_kib(pid);
+    let counters = Arc::new(Counters::default());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let root = swpt_gateway::tls::load_certs(&net.aa_dir.join("root-ca.crt"))?.remove(0);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (_, ca_dir)) in net.extra_cas.iter().enumerate() {
+        let mut certs = swpt_gateway::tls::load_certs(&ca_dir.join("server.crt"))?;
+        certs.extend(swpt_gateway::tls::load_certs(
+            &ca_dir.join("peers/1234abcd/sub-ca.crt"),
+        )?);
+        let key = swpt_gateway::tls::load_key(&ca_dir.join("server.key"))?;
+        let config = Arc::new(swpt_gateway::tls::client_config(certs, key, "1234abcd", &root)?);
+        let counters = counters.clone();
+        // The creditor subnet the AA gave this peer: 0x10 + i.
+        let creditor = ((0x10 + i as i64) << 40) | 1;
+        tasks.spawn(async move {
+            if peer(config, port, creditor, every, deadline, &counters)
+                .await
+                .is_err()
+            {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut peak = rss_before;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    while tasks.join_next().await.is_some() {}
+    let (cpu, hwm) = proc_stats(pid);
+    let c = &counters;
+    println!("peers: {peers}, held for {seconds} s, a message every {every} s each");
+    println!("connected: {}", c.connected.load(Ordering::Relaxed));
+    println!("dropped: {}", c.dropped.load(Ordering::Relaxed));
+    println!(
+        "messages sent: {}, receipted: {}",
+        c.sent.load(Ordering::Relaxed),
+        c.receipted.load(Ordering::Relaxed)
+    );
+    println!(
+        "server RSS before: {:.1} MiB, at peak: {:.1} MiB (VmHWM {:.1} MiB)",
+        rss_before as f64 / 1024.0,
+        peak as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!(
+        "server RSS per peer: {:.1} KiB",
+        (peak.saturating_sub(rss_before)) as f64 / peers.max(1) as f64
+    );
+    println!("server CPU: {cpu:.2} s");
+    drop(server);
+    let _ = ch.queue_delete("bench.scale", Default::default()).await;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+async fn peer(
+    config: Arc<tokio_rustls::rustls::ClientConfig>,
+    port: u16,
+    creditor: i64,
+    every: u64,
+    deadline: tokio::time::Instant,
+    c: &Counters,
+) -> anyhow::Result<()> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect("localhost".try_into()?, tcp)
+        .await?;
+    let mut framed = Framed::new(tls, StompCodec::default());
+    framed
+        .send(
+            Frame::new("STOMP")
+                .header("accept-version", "1.2")
+                .header("host", "/")
+                .header("heart-beat", "5000,30000"),
+        )
+        .await?;
+    match framed.next().await {
+        Some(Ok(StompItem::Frame(f))) if f.command == "CONNECTED" => {}
+        other => anyhow::bail!("no CONNECTED: {other:?}"),
+    }
+    c.connected.fetch_add(1, Ordering::Relaxed);
+    let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
+    let mut send = tokio::time::interval(Duration::from_secs(every.max(1)));
+    let mut n = 0u64;
+    let mut outstanding = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = heartbeat.tick() => framed.send(StompItem::HeartBeat).await?,
+            _ = send.tick() => {
+                let mut body: serde_json::Value = serde_json::from_slice(&prepare_transfer(n))?;
+                body["creditor_id"] = creditor.into();
+                body["coordinator_id"] = creditor.into();
+                let frame = Frame::new("SEND")
+                    .header("destination", "/exchange/accounts_in")
+                    .header("type", "PrepareTransfer")
+                    .header("content-type", "application/json")
+                    .header("receipt", n.to_string())
+                    .body(serde_json::to_vec(&body)?);
+                framed.send(frame).await?;
+                c.sent.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+                outstanding += 1;
+            }
+            item = framed.next() => match item {
+                Some(Ok(StompItem::Frame(f))) if f.command == "RECEIPT" => {
+                    let id: u64 = f.get("receipt-id").unwrap_or("0").parse()?;
+                    let newly = (id + 1).saturating_sub(n - outstanding);
+                    c.receipted.fetch_add(newly, Ordering::Relaxed);
+                    outstanding -= newly.min(outstanding);
+                }
+                Some(Ok(StompItem::HeartBeat)) => {}
+                other => anyhow::bail!("session ended: {other:?}"),
+            }
+        }
+    }
+    // Wait for the last receipts, then leave.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while outstanding > 0 {
+            match framed.next().await {
+                Some(Ok(StompItem::Frame(f))) if f.command == "RECEIPT" => {
+                    let id: u64 = f.get("receipt-id").unwrap_or("0").parse().unwrap_or(0);
+                    let newly = (id + 1).saturating_sub(n - outstanding);
+                    c.receipted.fetch_add(newly, Ordering::Relaxed);
+                    outstanding -= newly.min(outstanding);
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    })
+    .await;
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! `swpt-broker-check [URL]`: exits 0 when RabbitMQ accepts a connection
+//! (URL, or PROTOCOL_BROKER_URL), 1 otherwise. The container's
+//! entrypoint waits with it.
+
+use std::time::Duration;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::process::ExitCode {
+    let url = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("PROTOCOL_BROKER_URL").ok())
+        .unwrap_or_else(|| "amqp://guest:guest@localhost:5672".to_string());
+    match amqp_bridge::connect(&url, Duration::from_secs(5)).await {
+        Ok(conn) => {
+            let _ = conn.close(200, "bye").await;
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("swpt-broker-check: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
