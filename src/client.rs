@@ -18,7 +18,7 @@ use crate::config::Internal;
 use crate::session::{parse_heartbeat, Timing, Watchdog};
 use crate::tls::client_config;
 use amqp_bridge::{Consumer, SharedConnection};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use nodedata::{NodeData, NodeDatabase, PeerData};
 use rand::Rng;
 use std::collections::VecDeque;
@@ -230,6 +230,23 @@ async fn link(
     end
 }
 
+/// The SEND frame for one delivery, after the client-side rules.
+fn outgoing(
+    node: &NodeData,
+    peer: &PeerData,
+    destination: &str,
+    m: &amqp_bridge::InMessage,
+) -> Result<Frame, smp_json::ProcessError> {
+    let msg = smp_json::client_process(node, peer, &m.msg_type, &m.content_type, &m.body)?;
+    Ok(Frame::new("SEND")
+        .header("destination", destination)
+        .header("type", msg.msg_type.as_str())
+        .header("content-type", "application/json")
+        .header("persistent", "true")
+        .header("receipt", m.delivery_tag.to_string())
+        .body(msg.to_json()))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn stream(
     s: &ClientSettings,
@@ -269,35 +286,37 @@ async fn stream(
                 return LinkEnd::Shutdown;
             }
             delivery = consumer.next(), if room => {
-                let m = match delivery {
-                    Ok(m) => m,
-                    Err(e) => return LinkEnd::Retry(format!("consuming from \"{}\" failed: {e}", s.queue)),
-                };
-                match smp_json::client_process(node, peer, &m.msg_type, &m.content_type, &m.body) {
-                    Ok(msg) => {
-                        let send = Frame::new("SEND")
-                            .header("destination", destination.clone())
-                            .header("type", msg.msg_type.as_str())
-                            .header("content-type", "application/json")
-                            .header("persistent", "true")
-                            .header("receipt", m.delivery_tag.to_string())
-                            .body(msg.to_json());
-                        if let Err(e) = framed.send(send).await {
-                            return LinkEnd::Retry(format!("sending failed: {e}"));
+                // Take every delivery that is ready already, then flush
+                // them in one write.
+                let mut next = Some(delivery);
+                while let Some(delivery) = next.take() {
+                    let m = match delivery {
+                        Ok(m) => m,
+                        Err(e) => return LinkEnd::Retry(format!("consuming from \"{}\" failed: {e}", s.queue)),
+                    };
+                    match outgoing(node, peer, &destination, &m) {
+                        Ok(frame) => {
+                            if let Err(e) = framed.feed(frame).await {
+                                return LinkEnd::Retry(format!("sending failed: {e}"));
+                            }
+                            inflight.push_back(m.delivery_tag);
                         }
-                        inflight.push_back(m.delivery_tag);
-                    }
-                    Err(e) => {
-                        let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
-                        tracing::error!(
-                            delivery_tag = m.delivery_tag,
-                            "rejecting a message to {}.XQ: {e}{detail}",
-                            s.queue
-                        );
-                        if let Err(e) = consumer.reject(m.delivery_tag).await {
-                            return LinkEnd::Retry(format!("rejecting failed: {e}"));
+                        Err(e) => {
+                            let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+                            tracing::error!(
+                                delivery_tag = m.delivery_tag,
+                                "rejecting a message to {}.XQ: {e}{detail}",
+                                s.queue
+                            );
+                            consumer.reject(m.delivery_tag);
                         }
                     }
+                    if inflight.len() < s.buffer {
+                        next = consumer.next().now_or_never();
+                    }
+                }
+                if let Err(e) = SinkExt::<Frame>::flush(framed).await {
+                    return LinkEnd::Retry(format!("sending failed: {e}"));
                 }
             }
             item = framed.next() => {
@@ -314,9 +333,7 @@ async fn stream(
                             if !inflight.contains(&tag) {
                                 return LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}"));
                             }
-                            if let Err(e) = consumer.ack_up_to(tag).await {
-                                return LinkEnd::Retry(format!("acking failed: {e}"));
-                            }
+                            consumer.ack_up_to(tag);
                             while inflight.front().is_some_and(|t| *t <= tag) {
                                 inflight.pop_front();
                             }

@@ -61,7 +61,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
                     result.map_err(|e| anyhow::anyhow!("publishing a reply failed: {e}"))?;
                     last = tag;
                 }
-                consumer.ack_up_to(last).await?;
+                consumer.ack_up_to(last);
             }
             delivery = consumer.next(), if pending.len() < window => {
                 let m = delivery?;
@@ -70,7 +70,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
                     Ok(msg) => msg,
                     Err(e) => {
                         tracing::error!(delivery_tag = tag, "rejecting a message to {}.XQ: {e}", s.queue);
-                        consumer.reject(tag).await?;
+                        consumer.reject(tag);
                         continue;
                     }
                 };
@@ -83,19 +83,17 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(delivery_tag = tag, "cannot build a reply, rejecting to {}.XQ: {e}", s.queue);
-                        consumer.reject(tag).await?;
+                        consumer.reject(tag);
                         continue;
                     }
                 };
-                let confirm = publisher
-                    .publish(&OutMessage {
-                        exchange,
-                        routing_key: &publication.routing_key,
-                        msg_type: publication.msg_type.as_str(),
-                        body: &publication.body,
-                        headers: &publication.headers,
-                    })
-                    .await?;
+                let confirm = publisher.publish(&OutMessage {
+                    exchange,
+                    routing_key: &publication.routing_key,
+                    msg_type: publication.msg_type.as_str(),
+                    body: &publication.body,
+                    headers: &publication.headers,
+                });
                 pending.push_back(Box::pin(confirm.map(move |r| (tag, r))));
             }
         }
@@ -103,7 +101,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
     // Finish what is under way, then stop.
     while let Some((tag, result)) = pending.next().await {
         if result.is_ok() {
-            let _ = consumer.ack_up_to(tag).await;
+            consumer.ack_up_to(tag);
         }
     }
     consumer.close().await;

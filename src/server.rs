@@ -456,16 +456,13 @@ impl<'a> Session<'a> {
             .publisher
             .as_ref()
             .ok_or_else(|| error_frame("Internal server error."))?;
-        let confirm = publisher
-            .publish(&OutMessage {
-                exchange: self.ctx.node.node_type.in_exchange(),
-                routing_key: &publication.routing_key,
-                msg_type: publication.msg_type.as_str(),
-                body: &publication.body,
-                headers: &publication.headers,
-            })
-            .await
-            .map_err(|e| self.broker_failed(e))?;
+        let confirm = publisher.publish(&OutMessage {
+            exchange: self.ctx.node.node_type.in_exchange(),
+            routing_key: &publication.routing_key,
+            msg_type: publication.msg_type.as_str(),
+            body: &publication.body,
+            headers: &publication.headers,
+        });
         self.confirms
             .push_back(Box::pin(confirm.map(move |r| r.map(|()| receipt))));
         Ok(())

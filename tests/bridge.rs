@@ -25,15 +25,13 @@ async fn publish_many(publisher: &Publisher, n: usize, key: &str) -> Result<Vec<
             confirmed.push(j);
         }
         let body = format!("{{\"n\":{i}}}");
-        let confirm = publisher
-            .publish(&OutMessage {
-                exchange: "ex",
-                routing_key: key,
-                msg_type: "AccountPurge",
-                body: body.as_bytes(),
-                headers: &headers,
-            })
-            .await?;
+        let confirm = publisher.publish(&OutMessage {
+            exchange: "ex",
+            routing_key: key,
+            msg_type: "AccountPurge",
+            body: body.as_bytes(),
+            headers: &headers,
+        });
         pending.push_back(confirm.map(move |r| (i, r)));
     }
     while let Some((j, r)) = pending.next().await {
@@ -62,16 +60,13 @@ async fn ten_thousand_confirmed_in_order_and_mandatory_returns() {
     ch.exchange_declare("lonely", lapin::ExchangeKind::Direct, durable, Default::default())
         .await
         .unwrap();
-    let confirm = publisher
-        .publish(&OutMessage {
-            exchange: "lonely",
-            routing_key: "nobody",
-            msg_type: "AccountPurge",
-            body: b"{}",
-            headers: &[],
-        })
-        .await
-        .unwrap();
+    let confirm = publisher.publish(&OutMessage {
+        exchange: "lonely",
+        routing_key: "nobody",
+        msg_type: "AccountPurge",
+        body: b"{}",
+        headers: &[],
+    });
     assert!(matches!(confirm.await, Err(BridgeError::Returned { .. })));
 }
 
@@ -99,8 +94,6 @@ async fn integer_headers_use_the_smallest_type() {
             body: b"{}",
             headers: &headers,
         })
-        .await
-        .unwrap()
         .await
         .unwrap();
     let got = collect(&ch, "sink", 1, Duration::from_secs(10)).await;
@@ -143,7 +136,7 @@ async fn consumer_cumulative_ack_and_missing_queue() {
         last = m.delivery_tag;
         if last % 10 == 0 {
             // A window's worth, acked with one cumulative ack.
-            consumer.ack_up_to(last).await.unwrap();
+            consumer.ack_up_to(last);
         }
     }
     assert_eq!(last, 30);

@@ -21,7 +21,7 @@ struct Cli {
     common: CommonArgs,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);

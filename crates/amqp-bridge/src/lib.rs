@@ -188,33 +188,31 @@ impl Publisher {
     }
 
     /// Publishes one message (persistent, mandatory, `app_id
-    /// swpt_stomp`). The returned future resolves when RabbitMQ confirms
-    /// it, or fails on a nack, a return or the confirmation timeout.
-    pub async fn publish(&self, m: &OutMessage<'_>) -> Result<PendingConfirm, BridgeError> {
+    /// swpt_stomp`). The frames are queued before this returns, so
+    /// messages go out in call order without waiting for each other; the
+    /// returned future resolves when RabbitMQ confirms the message, or
+    /// fails on a nack, a return, a broken channel or the confirmation
+    /// timeout.
+    pub fn publish(&self, m: &OutMessage<'_>) -> PendingConfirm {
         let props = BasicProperties::default()
             .with_content_type(ShortString::from("application/json"))
             .with_type(ShortString::from(m.msg_type))
             .with_delivery_mode(2)
             .with_app_id(ShortString::from("swpt_stomp"))
             .with_headers(headers_table(m.headers));
-        let confirm = self
-            .channel
-            .basic_publish(
-                m.exchange,
-                m.routing_key,
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                m.body,
-                props,
-            )
-            .await?;
+        let channel = self.channel.clone();
         let timeout = self.confirm_timeout;
         let exchange = m.exchange.to_string();
         let routing_key = m.routing_key.to_string();
-        Ok(Box::pin(async move {
-            match tokio::time::timeout(timeout, confirm).await {
+        let body = m.body.to_vec();
+        let mut pending: PendingConfirm = Box::pin(async move {
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            };
+            let sent = channel.basic_publish(&exchange, &routing_key, options, &body, props);
+            let confirmed = async move { sent.await?.await };
+            match tokio::time::timeout(timeout, confirmed).await {
                 Err(_) => Err(BridgeError::ConfirmTimeout(timeout)),
                 Ok(Err(e)) => Err(e.into()),
                 Ok(Ok(Confirmation::Ack(Some(_)))) | Ok(Ok(Confirmation::Nack(Some(_)))) => {
@@ -227,12 +225,35 @@ impl Publisher {
                 Ok(Ok(Confirmation::Nack(None))) => Err(BridgeError::Nacked),
                 Ok(Ok(Confirmation::NotRequested)) => Ok(()),
             }
-        }))
+        });
+        // The first poll takes the delivery tag and queues the frames: do
+        // it now, so that the publish order is the call order.
+        match futures::FutureExt::now_or_never(&mut pending) {
+            Some(done) => Box::pin(futures::future::ready(done)),
+            None => pending,
+        }
     }
 
     /// Closes the channel.
     pub async fn close(&self) {
         let _ = self.channel.close(200, "bye").await;
+    }
+}
+
+/// Polls a lapin call once, so that its frame is queued now (in call
+/// order), and lets the rest finish on the runtime.
+fn in_background(fut: impl std::future::Future<Output = Result<(), lapin::Error>> + Send + 'static) {
+    let mut fut = Box::pin(fut);
+    match futures::FutureExt::now_or_never(&mut fut) {
+        Some(Ok(())) => {}
+        Some(Err(e)) => tracing::warn!("RabbitMQ call failed: {e}"),
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = fut.await {
+                    tracing::warn!("RabbitMQ call failed: {e}");
+                }
+            });
+        }
     }
 }
 
@@ -312,21 +333,26 @@ impl Consumer {
         }
     }
 
-    /// Acks every delivery up to and including `tag`.
-    pub async fn ack_up_to(&self, tag: u64) -> Result<(), BridgeError> {
-        Ok(self
-            .channel
-            .basic_ack(tag, BasicAckOptions { multiple: true })
-            .await?)
+    /// Acks every delivery up to and including `tag`. The ack is queued
+    /// at once (after everything queued before it) and sent by lapin in
+    /// the background: the caller does not wait for the socket write. A
+    /// failure closes the channel, which the next [`Consumer::next`]
+    /// reports.
+    pub fn ack_up_to(&self, tag: u64) {
+        let channel = self.channel.clone();
+        in_background(async move { channel.basic_ack(tag, BasicAckOptions { multiple: true }).await });
     }
 
     /// Rejects one delivery without requeueing it: RabbitMQ dead-letters
-    /// it (to `<QUEUE>.XQ` with the configure-queue topology).
-    pub async fn reject(&self, tag: u64) -> Result<(), BridgeError> {
-        Ok(self
-            .channel
-            .basic_reject(tag, BasicRejectOptions { requeue: false })
-            .await?)
+    /// it (to `<QUEUE>.XQ` with the configure-queue topology). Queued like
+    /// [`Consumer::ack_up_to`], so acks and rejects keep their order.
+    pub fn reject(&self, tag: u64) {
+        let channel = self.channel.clone();
+        in_background(async move {
+            channel
+                .basic_reject(tag, BasicRejectOptions { requeue: false })
+                .await
+        });
     }
 
     /// Closes the channel (unacked deliveries go back to the queue).
