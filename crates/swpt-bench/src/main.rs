@@ -549,42 +549,36 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
-    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+/// Sends `count` messages at `rate` to `exchange`/`key` and returns the
+/// sorted times until each arrives in `queue`.
+async fn timed_run(
+    conn: &lapin::Connection,
+    exchange: &str,
+    key: &str,
+    queue: &str,
+    count: u64,
+    rate: u64,
+) -> anyhow::Result<Vec<Duration>> {
     let ch = conn.create_channel().await?;
-    let dir = std::env::temp_dir().join(format!("swpt-bench-lat-{}", std::process::id()));
-    let g = gateway(broker, &ch, dir.clone(), 100).await?;
-    let _client = start_client(&g, broker, 100)?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut consumer = ch
-        .basic_consume(
-            ARRIVED,
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .basic_consume(queue, "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
         .await?;
     let pub_ch = conn.create_channel().await?;
-    pub_ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut latencies = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1) as f64));
     let mut next = 0;
-    eprintln!("sending {count} messages at {rate} msg/s");
     while (latencies.len() as u64) < count {
         tokio::select! {
             _ = tick.tick(), if next < count => {
                 sent.insert(next, Instant::now());
                 let _ = pub_ch
-                    .basic_publish("creditors_out", CA_KEY, BasicPublishOptions::default(), &prepare_transfer(next), persistent("PrepareTransfer"))
+                    .basic_publish(exchange, key, BasicPublishOptions::default(), &prepare_transfer(next), persistent("PrepareTransfer"))
                     .await?;
                 next += 1;
             }
-            d = consumer.next() => {
-                let d = d.context("consumer ended")??;
+            d = tokio::time::timeout(Duration::from_secs(30), consumer.next()) => {
+                let d = d.context("no arrival for 30 s")?.context("consumer ended")??;
                 let v: serde_json::Value = serde_json::from_slice(&d.data)?;
                 if let Some(at) = v["coordinator_request_id"].as_u64().and_then(|i| sent.get(&i)) {
                     latencies.push(at.elapsed());
@@ -592,12 +586,37 @@ async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
             }
         }
     }
+    let _ = ch.close(200, "done").await;
     latencies.sort();
+    Ok(latencies)
+}
+
+fn print_latencies(label: &str, latencies: &[Duration]) {
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{label}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(percentile(latencies, 0.50)),
+        ms(percentile(latencies, 0.99)),
+        ms(*latencies.last().unwrap_or(&Duration::ZERO))
+    );
+}
+
+async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
+    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let ch = conn.create_channel().await?;
+    eprintln!("sending {count} messages at {rate} msg/s, straight through the broker, then through the gateway");
+    declare_sink(&ch, "bench.direct_x", "bench.direct").await?;
+    let direct = timed_run(&conn, "bench.direct_x", "k", "bench.direct", count, rate).await?;
+    let _ = ch.queue_delete("bench.direct", QueueDeleteOptions::default()).await;
+
+    let dir = std::env::temp_dir().join(format!("swpt-bench-lat-{}", std::process::id()));
+    let g = gateway(broker, &ch, dir.clone(), 100).await?;
+    let _client = start_client(&g, broker, 100)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let via = timed_run(&conn, "creditors_out", CA_KEY, ARRIVED, count, rate).await?;
     println!("latency publish -> arrival at {rate} msg/s over {count} messages:");
-    println!("p50: {:.2} ms", ms(percentile(&latencies, 0.50)));
-    println!("p99: {:.2} ms", ms(percentile(&latencies, 0.99)));
-    println!("max: {:.2} ms", ms(*latencies.last().unwrap_or(&Duration::ZERO)));
+    print_latencies("broker alone (one persistent hop)", &direct);
+    print_latencies("through the gateway (two hops, TLS, STOMP)", &via);
     drop(g);
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
