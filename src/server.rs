@@ -154,6 +154,10 @@ fn take_slot(ctx: &Arc<ServerContext>, peer: &str) -> Option<PeerSlot> {
 
 type Conn = Framed<TlsStream<TcpStream>, StompCodec>;
 
+/// The initial read and write buffers of a connection. Small, since a
+/// server holds many mostly idle connections; they grow under load.
+const FRAMED_CAPACITY: usize = 2048;
+
 /// Sends an ERROR and closes.
 async fn close_with_error(framed: &mut Conn, frame: Frame) {
     tracing::warn!(
@@ -191,7 +195,7 @@ async fn handle_connection(
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.to_vec());
-    let mut framed = Framed::new(tls, StompCodec::default());
+    let mut framed = Framed::with_capacity(tls, StompCodec::default(), FRAMED_CAPACITY);
     let peer_id = match peer_cert.as_deref().map(peer_node_id) {
         Some(Ok(id)) => id,
         _ => return close_with_error(&mut framed, error_frame("Invalid certificate subject.")).await,
