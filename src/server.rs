@@ -180,6 +180,11 @@ async fn handle_connection(
     let tls = match tokio::time::timeout(ctx.internal.handshake_timeout(), ctx.acceptor.accept(stream)).await
     {
         Ok(Ok(tls)) => tls,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // A port probe or a client that gave up: not worth a warning.
+            tracing::debug!(%addr, "connection closed before the TLS handshake: {e}");
+            return;
+        }
         Ok(Err(e)) => {
             tracing::warn!(%addr, "TLS handshake failed: {e}");
             return;

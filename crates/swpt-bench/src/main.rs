@@ -561,7 +561,15 @@ async fn timed_run(
 ) -> anyhow::Result<Vec<Duration>> {
     let ch = conn.create_channel().await?;
     let mut consumer = ch
-        .basic_consume(queue, "", BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+        .basic_consume(
+            queue,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await?;
     let pub_ch = conn.create_channel().await?;
     let mut sent: HashMap<u64, Instant> = HashMap::new();
@@ -604,10 +612,14 @@ fn print_latencies(label: &str, latencies: &[Duration]) {
 async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
     let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
     let ch = conn.create_channel().await?;
-    eprintln!("sending {count} messages at {rate} msg/s, straight through the broker, then through the gateway");
+    eprintln!(
+        "sending {count} messages at {rate} msg/s, straight through the broker, then through the gateway"
+    );
     declare_sink(&ch, "bench.direct_x", "bench.direct").await?;
     let direct = timed_run(&conn, "bench.direct_x", "k", "bench.direct", count, rate).await?;
-    let _ = ch.queue_delete("bench.direct", QueueDeleteOptions::default()).await;
+    let _ = ch
+        .queue_delete("bench.direct", QueueDeleteOptions::default())
+        .await;
 
     let dir = std::env::temp_dir().join(format!("swpt-bench-lat-{}", std::process::id()));
     let g = gateway(broker, &ch, dir.clone(), 100).await?;
