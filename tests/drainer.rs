@@ -132,62 +132,6 @@ async fn drainer_and_configure_queue_refuse_what_they_must() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn configure_queue_routes_by_subnet_for_every_pairing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("topology");
-    let (_conn, ch) = vhost.channel().await;
-    // (node, peer, main exchange, a key inside, a key outside)
-    let cases = [
-        (
-            &net.aa_dir,
-            net.ca_id.clone(),
-            "to_creditors",
-            "00.00.01.00.00.00.00.05",
-            Some("00.00.02.00.00.00.00.05"),
-        ),
-        (
-            &net.aa_dir,
-            net.da_id.clone(),
-            "to_debtors",
-            "12.34.ab.cd.00.00.00.05",
-            Some("12.34.ab.cd.01.00.00.05"),
-        ),
-        (
-            &net.ca_dir,
-            "1234abcd".to_string(),
-            "creditors_out",
-            "12.34.ab.cd.00.00.00.05",
-            Some("12.34.ab.ce.00.00.00.05"),
-        ),
-        (
-            &net.da_dir,
-            "1234abcd".to_string(),
-            "debtors_out",
-            "anything",
-            None,
-        ),
-    ];
-    for (i, (node, peer, exchange, inside, outside)) in cases.iter().enumerate() {
-        let queue = format!("q{i}");
-        for _ in 0..2 {
-            let out = run("configure-queue", &[peer, &queue], node, &vhost.url);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        }
-        publish(&ch, exchange, inside, "AccountPurge", b"{}").await;
-        if let Some(outside) = outside {
-            publish(&ch, exchange, outside, "AccountPurge", b"{}").await;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(
-            message_count(&ch, &queue).await,
-            1,
-            "{exchange}: only the key inside the subnet arrives"
-        );
-    }
-}
-
 fn prepared_transfer() -> Value {
     json!({"type": "PreparedTransfer", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0x0000020000000001_i64,
         "coordinator_type": "agent", "coordinator_id": 0x0000020000000007_i64, "coordinator_request_id": 42,

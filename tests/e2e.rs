@@ -144,5 +144,5 @@ async fn ca_to_aa_shared_test_network() {
     )
     .unwrap();
     let vhost = Vhost::new("shared");
-    ca_to_aa(&vhost, &aa, &ca, port, 200, false).await;
+    ca_to_aa(&vhost, &aa, &ca, port, 1000, false).await;
 }

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use nodedata::generate::Devnet;
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn port_of(node: &Path, peer: &str) -> u16 {
@@ -71,11 +71,67 @@ fn account_update(creditor: i64, debtor: i64) -> Value {
         "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_to_ca_unmasquerades() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net: Devnet = devnet(tmp.path());
-    let vhost = Vhost::new("aa2ca");
+/// The three node databases of a network, ready to run.
+struct Nodes {
+    aa: PathBuf,
+    ca: PathBuf,
+    da: PathBuf,
+    ca_id: String,
+    da_id: String,
+}
+
+fn generated(tmp: &Path) -> Nodes {
+    let net: Devnet = devnet(tmp);
+    Nodes {
+        aa: net.aa_dir,
+        ca: net.ca_dir,
+        da: net.da_dir,
+        ca_id: net.ca_id,
+        da_id: net.da_id,
+    }
+}
+
+/// Points the `servers` of a manifest at 127.0.0.1:`port`, keeping the rest.
+fn rewrite_servers(manifest: &Path, port: u16) {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let start = text.find("servers").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    let new = format!(
+        "{}servers = [\"127.0.0.1:{port}\"]{}",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(manifest, new).unwrap();
+}
+
+/// The Python gateway's test network, copied, on free ports.
+fn shared(tmp: &Path) -> Option<Nodes> {
+    let data = shared_data()?;
+    for node in ["AA", "CA", "DA"] {
+        copy_dir(&data.join(node), &tmp.join(node));
+    }
+    let n = Nodes {
+        aa: tmp.join("AA"),
+        ca: tmp.join("CA"),
+        da: tmp.join("DA"),
+        ca_id: "5921983fe0e6eb987aeedca54ad3c708".into(),
+        da_id: "060791aeca7637fa3357dfc0299fb4c5".into(),
+    };
+    let aa_port = free_port();
+    rewrite_servers(&n.ca.join("peers/1234abcd/nodeinfo/stomp.toml"), aa_port);
+    rewrite_servers(&n.da.join("peers/1234abcd/nodeinfo/stomp.toml"), aa_port);
+    rewrite_servers(
+        &n.aa.join(format!("peers/{}/nodeinfo/stomp.toml", n.ca_id)),
+        free_port(),
+    );
+    rewrite_servers(
+        &n.aa.join(format!("peers/{}/nodeinfo/stomp.toml", n.da_id)),
+        free_port(),
+    );
+    Some(n)
+}
+
+async fn aa_to_ca(n: &Nodes, vhost: &Vhost) {
     let msgs: Vec<_> = (0..50)
         .map(|i| {
             (
@@ -85,11 +141,11 @@ async fn aa_to_ca_unmasquerades() {
         })
         .collect();
     let got = flow(
-        &vhost,
+        vhost,
         &Flow {
-            sender: &net.aa_dir,
-            receiver: &net.ca_dir,
-            receiver_id: &net.ca_id,
+            sender: &n.aa,
+            receiver: &n.ca,
+            receiver_id: &n.ca_id,
             main_exchange: "to_creditors",
             key: "00.00.01.01.00.00.00.00",
             in_exchange: "creditors_in",
@@ -97,35 +153,31 @@ async fn aa_to_ca_unmasquerades() {
         &msgs,
     )
     .await;
+    let mut seen = std::collections::HashSet::new();
     for v in got {
         let c = v["creditor_id"].as_i64().unwrap();
-        assert_eq!(
-            c & !0xffff_ffff_i64 & 0x0000_ffff_ffff_ffff,
-            0x0000_0801_0000_0000,
-            "moved to the CA's subnet 000008"
-        );
+        assert_eq!(c >> 32, 0x0000_0801, "moved to the CA's own subnet 000008");
         let mut expected = account_update(
             c - 0x0000_0800_0000_0000 + 0x0000_0100_0000_0000,
             0x1234abcd00000001,
         );
         expected["creditor_id"] = json!(c);
         assert_eq!(v, expected);
+        seen.insert(c);
     }
+    assert_eq!(seen.len(), 50);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aa_to_da_and_da_to_aa() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net: Devnet = devnet(tmp.path());
+async fn aa_to_da_and_back(n: &Nodes, prefix: &str) {
     let purge = json!({"type": "AccountPurge", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0,
         "creation_date": "2020-01-01", "ts": "2023-01-01T12:00:00+00:00"});
-    let vhost = Vhost::new("aa2da");
+    let vhost = Vhost::new(&format!("{prefix}-aa2da"));
     let got = flow(
         &vhost,
         &Flow {
-            sender: &net.aa_dir,
-            receiver: &net.da_dir,
-            receiver_id: &net.da_id,
+            sender: &n.aa,
+            receiver: &n.da,
+            receiver_id: &n.da_id,
             main_exchange: "to_debtors",
             key: "12.34.ab.cd.00.00.00.01",
             in_exchange: "debtors_in",
@@ -140,12 +192,12 @@ async fn aa_to_da_and_da_to_aa() {
         "coordinator_type": "issuing", "coordinator_id": 0x1234abcd00000001_i64, "coordinator_request_id": 1,
         "min_locked_amount": 0, "max_locked_amount": 10, "recipient": "x",
         "final_interest_rate_ts": "2023-01-01T12:00:00+00:00", "max_commit_delay": 100, "ts": "2023-01-01T12:00:00+00:00"});
-    let vhost = Vhost::new("da2aa");
+    let vhost = Vhost::new(&format!("{prefix}-da2aa"));
     let got = flow(
         &vhost,
         &Flow {
-            sender: &net.da_dir,
-            receiver: &net.aa_dir,
+            sender: &n.da,
+            receiver: &n.aa,
             receiver_id: "1234abcd",
             main_exchange: "debtors_out",
             key: "",
@@ -155,6 +207,32 @@ async fn aa_to_da_and_da_to_aa() {
     )
     .await;
     assert_eq!(got, vec![issuing]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_to_ca_unmasquerades() {
+    let tmp = tempfile::tempdir().unwrap();
+    aa_to_ca(&generated(tmp.path()), &Vhost::new("aa2ca")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_to_ca_shared_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(n) = shared(tmp.path()) else { return };
+    aa_to_ca(&n, &Vhost::new("aa2ca-shared")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_to_da_and_da_to_aa() {
+    let tmp = tempfile::tempdir().unwrap();
+    aa_to_da_and_back(&generated(tmp.path()), "gen").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aa_to_da_and_da_to_aa_shared_network() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(n) = shared(tmp.path()) else { return };
+    aa_to_da_and_back(&n, "shared").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

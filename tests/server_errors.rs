@@ -156,6 +156,42 @@ async fn every_session_error_and_receipt_order() {
     let e = error_for(&net, port, true, vec![send_frame("9", &bad)]).await;
     assert_eq!(msg(&e), "Invalid creditor ID: 0x0000090000000001.");
     assert_eq!(e.get("receipt-id"), Some("9"));
+    // One SEND failing each processing rule.
+    let mut cases: Vec<(serde_json::Value, &str, String)> = Vec::new();
+    let mut v = good.clone();
+    v["debtor_id"] = serde_json::json!(5);
+    cases.push((
+        v,
+        "PrepareTransfer",
+        "Invalid debtor ID: 0x0000000000000005.".into(),
+    ));
+    let mut v = good.clone();
+    v["coordinator_type"] = serde_json::json!("issuing");
+    cases.push((v, "PrepareTransfer", "Invalid PrepareTransfer message.".into()));
+    let mut v = good.clone();
+    v["coordinator_type"] = serde_json::json!("weird");
+    cases.push((v, "PrepareTransfer", "Invalid coordinator type: weird.".into()));
+    let mut v = good.clone();
+    v["coordinator_type"] = serde_json::json!("agent");
+    v["coordinator_id"] = serde_json::json!(0x0000020000000001_i64);
+    cases.push((v, "PrepareTransfer", "Invalid coordinator ID.".into()));
+    let mut v = good.clone();
+    v["ts"] = serde_json::json!("9999-12-31T23:59:59+00:00");
+    cases.push((v, "PrepareTransfer", "The message timestamp is".into()));
+    cases.push((
+        good.clone(),
+        "AccountPurge",
+        "Invalid message type: AccountPurge.".into(),
+    ));
+    for (body, t, text) in cases {
+        let mut f = send_frame("11", &body);
+        f.headers[1].1 = t.into();
+        let e = error_for(&net, port, true, vec![f]).await;
+        assert!(msg(&e).starts_with(&text), "{} != {text}", msg(&e));
+        assert_eq!(e.get("receipt-id"), Some("11"));
+        assert_eq!(e.get("type"), Some(t));
+    }
+
     let mut plain = send_frame("10", &good);
     plain.headers[2].1 = "text/plain".into();
     let e = error_for(&net, port, true, vec![plain]).await;
@@ -201,4 +237,38 @@ async fn every_session_error_and_receipt_order() {
 fn net_port(net: &Devnet) -> u16 {
     let text = std::fs::read_to_string(net.ca_dir.join("peers/1234abcd/nodeinfo/stomp.toml")).unwrap();
     nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_peer_is_disconnected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let port = net_port(&net);
+    let _server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        "amqp://guest:guest@127.0.0.1:5672",
+        &[
+            ("SWPT_SERVER_PORT", &port.to_string()),
+            ("APP_PEERS_CHECK_SECONDS", "1"),
+        ],
+    );
+    wait_port(port).await;
+    let mut c = dial(&net, port).await;
+    c.send(connect_frame()).await.unwrap();
+    assert_eq!(next_frame(&mut c).await.unwrap().command, "CONNECTED");
+    // Still active: the periodic check leaves the connection alone.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), next_frame(&mut c))
+            .await
+            .is_err()
+    );
+    std::fs::write(net.aa_dir.join(format!("peers/{}/DEACTIVATED", net.ca_id)), "").unwrap();
+    let f = tokio::time::timeout(Duration::from_secs(5), next_frame(&mut c))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(f.command, "ERROR");
+    assert_eq!(f.get("message"), Some("The peer has been deactivated."));
 }

@@ -1,0 +1,102 @@
+//! configure-queue against the real RabbitMQ, for every pairing of the
+//! generated and the shared test networks.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// configure-queue, run twice, for every pairing: a key inside the peer's
+/// subnet reaches the queue, one outside does not; a rejected message is
+/// dead-lettered to QUEUE.XQ.
+async fn check_topology(aa: &Path, ca: &Path, da: &Path, ca_id: &str, da_id: &str, vhost: &Vhost) {
+    let (_conn, ch) = vhost.channel().await;
+    // (node, peer, main exchange, a key inside, a key outside)
+    let cases = [
+        (
+            aa,
+            ca_id,
+            "to_creditors",
+            "00.00.01.00.00.00.00.05",
+            Some("00.00.02.00.00.00.00.05"),
+        ),
+        (
+            aa,
+            da_id,
+            "to_debtors",
+            "12.34.ab.cd.00.00.00.05",
+            Some("12.34.ab.cd.01.00.00.05"),
+        ),
+        (
+            ca,
+            "1234abcd",
+            "creditors_out",
+            "12.34.ab.cd.00.00.00.05",
+            Some("12.34.ab.ce.00.00.00.05"),
+        ),
+        (da, "1234abcd", "debtors_out", "anything", None),
+    ];
+    for (i, (node, peer, exchange, inside, outside)) in cases.iter().enumerate() {
+        let queue = format!("q{i}");
+        for _ in 0..2 {
+            let out = run("configure-queue", &[peer, &queue], node, &vhost.url);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        publish(&ch, exchange, inside, "AccountPurge", b"{}").await;
+        if let Some(outside) = outside {
+            publish(&ch, exchange, outside, "AccountPurge", b"{}").await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            message_count(&ch, &queue).await,
+            1,
+            "{exchange}: only the key inside the subnet arrives"
+        );
+        // A rejected message goes to QUEUE.XQ.
+        let d = ch
+            .basic_get(&queue, Default::default())
+            .await
+            .unwrap()
+            .expect("a message");
+        ch.basic_reject(
+            d.delivery.delivery_tag,
+            lapin::options::BasicRejectOptions { requeue: false },
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(message_count(&ch, &format!("{queue}.XQ")).await, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_queue_routes_by_subnet_for_every_pairing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("topology");
+    check_topology(
+        &net.aa_dir,
+        &net.ca_dir,
+        &net.da_dir,
+        &net.ca_id,
+        &net.da_id,
+        &vhost,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_queue_on_the_shared_network() {
+    let Some(data) = shared_data() else { return };
+    let vhost = Vhost::new("topology-shared");
+    check_topology(
+        &data.join("AA"),
+        &data.join("CA"),
+        &data.join("DA"),
+        "5921983fe0e6eb987aeedca54ad3c708",
+        "060791aeca7637fa3357dfc0299fb4c5",
+        &vhost,
+    )
+    .await;
+}
