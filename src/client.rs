@@ -78,6 +78,16 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
     let config = client_config(certs, key, &peer.node_id, &peer.root_cert).map_err(anyhow::Error::from)?;
     let connector = TlsConnector::from(Arc::new(config));
     let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
+    match amqp_bridge::check_queue(&broker, &s.queue).await {
+        Ok(()) => {}
+        Err(e @ amqp_bridge::BridgeError::NoQueue(_)) => {
+            return Err(FatalError::Other(anyhow::anyhow!(
+                "{e} (run configure-queue first)"
+            )))
+        }
+        // The broker may come up later: the link loop retries.
+        Err(e) => tracing::warn!("{e}"),
+    }
     let timing = s.internal.timing();
 
     let mut backoff = Duration::from_millis(500);

@@ -376,3 +376,21 @@ fn json_logs_and_clear_startup_errors() {
     let status = server.0.wait().unwrap();
     assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_refuses_a_missing_queue_and_an_unknown_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = generated(tmp.path());
+    let vhost = Vhost::new("client-fatal");
+    let out = run("swpt-client", &["1234abcd", "no_such_queue"], &n.ca, &vhost.url);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the queue \"no_such_queue\" does not exist"),
+        "{err}"
+    );
+    let out = run("swpt-client", &["abcdef12", "q"], &n.ca, &vhost.url);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("abcdef12 is not an active peer"), "{err}");
+}

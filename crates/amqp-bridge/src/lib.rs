@@ -276,22 +276,40 @@ pub struct Consumer {
     queue: String,
 }
 
+/// Fails with [`BridgeError::NoQueue`] unless `queue` exists (a passive
+/// declare on `channel`, which RabbitMQ closes when the queue is missing).
+async fn ensure_queue(channel: &Channel, queue: &str) -> Result<(), BridgeError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    match channel.queue_declare(queue, passive, FieldTable::default()).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = e.to_string();
+            if text.contains("NOT_FOUND") || text.contains("404") {
+                Err(BridgeError::NoQueue(queue.to_string()))
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Whether `queue` exists: `Err(NoQueue)` when it does not.
+pub async fn check_queue(conn: &SharedConnection, queue: &str) -> Result<(), BridgeError> {
+    let channel = conn.channel().await?;
+    ensure_queue(&channel, queue).await?;
+    let _ = channel.close(200, "checked").await;
+    Ok(())
+}
+
 impl Consumer {
     /// Starts consuming `queue` (which must exist) with `prefetch`
     /// unacknowledged messages at most.
     pub async fn new(conn: &SharedConnection, queue: &str, prefetch: u16) -> Result<Consumer, BridgeError> {
         let channel = conn.channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        if let Err(e) = channel.queue_declare(queue, passive, FieldTable::default()).await {
-            let text = e.to_string();
-            if text.contains("NOT_FOUND") || text.contains("404") {
-                return Err(BridgeError::NoQueue(queue.to_string()));
-            }
-            return Err(e.into());
-        }
+        ensure_queue(&channel, queue).await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let consumer = channel
             .basic_consume(queue, "", BasicConsumeOptions::default(), FieldTable::default())

@@ -89,33 +89,11 @@ impl Validity {
     };
 
     fn apply(&self, params: &mut CertificateParams) {
-        let today = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
-            .div_euclid(86400);
-        // Midnight UTC of today plus `days`.
-        let day = |days: i64| {
-            let (y, m, d) = civil_from_days(today + days);
-            rcgen::date_time_ymd(y as i32, m as u8, d as u8)
-        };
-        params.not_before = day(self.not_before_days);
-        params.not_after = day(self.not_after_days);
+        // Midnight UTC of today plus the offsets.
+        let today = time::OffsetDateTime::now_utc().replace_time(time::Time::MIDNIGHT);
+        params.not_before = today + time::Duration::days(self.not_before_days);
+        params.not_after = today + time::Duration::days(self.not_after_days);
     }
-}
-
-/// Converts days since 1970-01-01 to a (year, month, day) civil date.
-pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// A node's certificate authority: its root key and self-signed root.

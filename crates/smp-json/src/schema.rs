@@ -339,6 +339,8 @@ impl Message {
                     return Err(SchemaError::Invalid(name));
                 }
                 let value = match (kind, value) {
+                    // Written back as floats, as the Python gateway does.
+                    (Kind::Float(..), Value::Number(n)) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
                     (Kind::Timestamp, Value::String(s)) => {
                         let parsed = Timestamp::parse(&s).ok_or(SchemaError::Invalid(name))?;
                         if name == "ts" {

@@ -225,6 +225,9 @@ fn every_field_rule_at_and_past_its_limit() {
                     Ok(m) if crate::schema::test_support::is_timestamp(t, name) => {
                         assert!(m.fields[name.as_str()].is_string());
                     }
+                    Ok(m) if m.fields[name.as_str()].is_f64() => {
+                        assert_eq!(m.fields[name.as_str()].as_f64(), p.as_f64(), "{t:?}.{name}")
+                    }
                     Ok(m) => assert_eq!(m.fields[name.as_str()], p, "{t:?}.{name}"),
                     // A cross-field rule may refuse an extreme value; the
                     // field itself passed.
@@ -300,6 +303,16 @@ fn cross_field_rules() {
     assert!(rule(v.clone()));
     v["transfer_number"] = json!(3);
     assert!(parse(&v).is_ok());
+}
+
+#[test]
+fn floats_are_written_as_floats() {
+    let mut v = sample(MessageType::ConfigureAccount);
+    v["negligible_amount"] = json!(0);
+    let m = parse(&v).unwrap();
+    assert!(String::from_utf8(m.to_json())
+        .unwrap()
+        .contains("\"negligible_amount\":0.0"));
 }
 
 #[test]
