@@ -271,9 +271,7 @@ impl<'a> Session<'a> {
         let first_check = check_every.mul_f64(rand::random::<f64>());
         let mut peer_check = tokio::time::interval_at(tokio::time::Instant::now() + first_check, check_every);
         loop {
-            let reading = self.confirms.len() < self.ctx.buffer
-                && self.disconnect.is_none()
-                && self.pending_error.is_none();
+            let reading = self.confirms.len() < self.ctx.buffer && self.pending_error.is_none();
             tokio::select! {
                 _ = self.shutdown.changed() => {
                     return Err(error_frame("The connection has been closed by the server."));
@@ -381,6 +379,9 @@ impl<'a> Session<'a> {
         frame: Frame,
         framed: &mut Conn,
     ) -> Result<Option<Result<(), Frame>>, Frame> {
+        if self.disconnect.is_some() {
+            return Err(error_frame("Received command after DISCONNECT."));
+        }
         match frame.command.as_str() {
             "SEND" => self.on_send(frame).await.map(|()| None),
             "CONNECT" | "STOMP" => Err(error_frame("Received CONNECT command more than once.")),

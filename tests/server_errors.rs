@@ -218,6 +218,32 @@ async fn every_session_error_and_receipt_order() {
     assert_eq!(got.len(), 20);
     assert_eq!(message_count(&ch, "aa_received").await, 0);
 
+    // A frame after DISCONNECT (while earlier SENDs wait for confirms).
+    let mut c = dial(&net, port).await;
+    c.send(connect_frame()).await.unwrap();
+    assert_eq!(next_frame(&mut c).await.unwrap().command, "CONNECTED");
+    for i in 100..300 {
+        c.feed(send_frame(&i.to_string(), &masqueraded(i))).await.unwrap();
+    }
+    c.feed(Frame::new("DISCONNECT").header("receipt", "bye"))
+        .await
+        .unwrap();
+    c.send(Frame::new("SEND").header("receipt", "late"))
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(f) = next_frame(&mut c).await {
+        last = Some(f);
+    }
+    let last = last.unwrap();
+    // Either the server saw the late frame before the confirms (ERROR), or
+    // every confirm came first and it closed after the DISCONNECT receipt.
+    match last.command.as_str() {
+        "ERROR" => assert_eq!(last.get("message"), Some("Received command after DISCONNECT.")),
+        _ => assert_eq!(last.get("receipt-id"), Some("bye")),
+    }
+    let _ = collect(&ch, "aa_received", 200, Duration::from_secs(20)).await;
+
     // A peer that goes silent after CONNECT is dropped by the watchdog.
     let mut c = dial(&net, port).await;
     c.send(connect_frame().header("heart-beat", "100,0"))
