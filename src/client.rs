@@ -66,32 +66,33 @@ enum LinkEnd {
 pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Result<(), FatalError> {
     let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(anyhow::Error::from)?;
     let node = db.node_data().await.map_err(anyhow::Error::from)?;
-    let peer = db
-        .active_peer(&s.peer_id)
-        .await
-        .map_err(anyhow::Error::from)?
-        .ok_or_else(|| FatalError::UnknownPeer(s.peer_id.clone()))?;
-    let mut certs = crate::tls::load_certs(&s.server_cert).map_err(anyhow::Error::from)?;
-    certs.truncate(1);
-    certs.push(peer.sub_cert.clone());
-    let key = crate::tls::load_key(&s.server_key).map_err(anyhow::Error::from)?;
-    let config = client_config(certs, key, &peer.node_id, &peer.root_cert).map_err(anyhow::Error::from)?;
-    let connector = TlsConnector::from(Arc::new(config));
+    let certs = crate::tls::load_certs(&s.server_cert).map_err(anyhow::Error::from)?;
     let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
-    match amqp_bridge::check_queue(&broker, &s.queue).await {
-        Ok(()) => {}
-        Err(e @ amqp_bridge::BridgeError::NoQueue(_)) => {
-            return Err(FatalError::Other(anyhow::anyhow!(
-                "{e} (run configure-queue first)"
-            )))
-        }
-        // The broker may come up later: the link loop retries.
-        Err(e) => tracing::warn!("{e}"),
-    }
     let timing = s.internal.timing();
-
     let mut backoff = Duration::from_millis(500);
+    let mut checked_queue = false;
     loop {
+        // The peer is read afresh for every link: a changed manifest or
+        // certificate is picked up, and a deactivated peer ends the client.
+        let peer = db
+            .peer_data(&s.peer_id)
+            .await
+            .map_err(anyhow::Error::from)?
+            .filter(|p| p.is_active())
+            .ok_or_else(|| FatalError::UnknownPeer(s.peer_id.clone()))?;
+        let connector = connector_for(&s, &certs, &peer)?;
+        if !checked_queue {
+            match amqp_bridge::check_queue(&broker, &s.queue).await {
+                Ok(()) => checked_queue = true,
+                Err(e @ amqp_bridge::BridgeError::NoQueue(_)) => {
+                    return Err(FatalError::Other(anyhow::anyhow!(
+                        "{e} (run configure-queue first)"
+                    )))
+                }
+                // The broker may come up later: the link loop retries.
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
         let started = Instant::now();
         let end = link(&s, &node, &peer, &connector, &broker, &timing, &mut shutdown).await;
         match end {
@@ -116,6 +117,20 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
             }
         }
     }
+}
+
+/// The TLS connector for `peer`: we present our leaf and the sub-CA the
+/// peer issued for us; we trust the peer's root.
+fn connector_for(
+    s: &ClientSettings,
+    own: &[nodedata::CertificateDer<'static>],
+    peer: &PeerData,
+) -> Result<TlsConnector, FatalError> {
+    let key = crate::tls::load_key(&s.server_key).map_err(anyhow::Error::from)?;
+    let mut certs = own[..1].to_vec();
+    certs.push(peer.sub_cert.clone());
+    let config = client_config(certs, key, &peer.node_id, &peer.root_cert).map_err(anyhow::Error::from)?;
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
@@ -143,7 +158,6 @@ async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> R
 async fn handshake(
     framed: &mut Conn,
     peer: &PeerData,
-    node: &NodeData,
     timing: &Timing,
 ) -> Result<(Option<Duration>, Option<Duration>), String> {
     let m = &peer.servers_manifest;
@@ -157,7 +171,6 @@ async fn handshake(
     if let Some(passcode) = &m.passcode {
         stomp = stomp.header("passcode", passcode.clone());
     }
-    let _ = node;
     framed
         .send(stomp)
         .await
@@ -209,7 +222,7 @@ async fn link(
         Ok(f) => f,
         Err(e) => return LinkEnd::Retry(e),
     };
-    let (send_every, expect_every) = match handshake(&mut framed, peer, node, timing).await {
+    let (send_every, expect_every) = match handshake(&mut framed, peer, timing).await {
         Ok(hb) => hb,
         Err(e) => return LinkEnd::Retry(e),
     };
