@@ -156,7 +156,7 @@ type Conn = Framed<TlsStream<TcpStream>, StompCodec>;
 
 /// The initial read and write buffers of a connection. Small, since a
 /// server holds many mostly idle connections; they grow under load.
-const FRAMED_CAPACITY: usize = 2048;
+const FRAMED_CAPACITY: usize = 1024;
 
 /// Sends an ERROR and closes.
 async fn close_with_error(framed: &mut Conn, frame: Frame) {

@@ -100,3 +100,56 @@ async fn configure_queue_on_the_shared_network() {
     )
     .await;
 }
+
+/// Puts the random-exchange plugin back (and restarts the broker's app)
+/// even when the test fails.
+struct PluginBack;
+
+impl Drop for PluginBack {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmq-plugins")
+            .args(["enable", "rabbitmq_random_exchange"])
+            .output();
+        restart_app();
+    }
+}
+
+fn restart_app() {
+    for action in ["stop_app", "start_app"] {
+        let out = std::process::Command::new("rabbitmqctl")
+            .arg(action)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// Disables the random-exchange plugin for a moment: run alone
+/// (`cargo test -- --ignored --test-threads=1`, as scripts/test does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "disables a RabbitMQ plugin and restarts the broker; scripts/test runs it alone"]
+async fn configure_queue_says_when_the_random_exchange_plugin_is_missing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("noplugin");
+    {
+        let _back = PluginBack;
+        let out = std::process::Command::new("rabbitmq-plugins")
+            .args(["disable", "rabbitmq_random_exchange"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // A running node keeps the exchange type registered: restart the app.
+        restart_app();
+        let out = run("configure-queue", &["1234abcd", "q"], &net.ca_dir, &vhost.url);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("enable the rabbitmq_random_exchange plugin"),
+            "{err}"
+        );
+    }
+    // And with the plugin back, it works.
+    let out = run("configure-queue", &["1234abcd", "q"], &net.ca_dir, &vhost.url);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
