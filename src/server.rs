@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::codec::Framed;
+use tracing::Instrument;
 
 /// Everything the connections of one server share.
 pub struct ServerContext {
@@ -158,8 +159,18 @@ type Conn = Framed<TlsStream<TcpStream>, StompCodec>;
 /// server holds many mostly idle connections; they grow under load.
 const FRAMED_CAPACITY: usize = 1024;
 
-/// Sends an ERROR and closes.
+/// The "error" of a connection that broke or closed: nothing to send.
+fn gone() -> Frame {
+    Frame::new("ERROR")
+}
+
+/// Sends an ERROR and closes (just closes for [`gone`]).
 async fn close_with_error(framed: &mut Conn, frame: Frame) {
+    if frame.get("message").is_none() {
+        tracing::info!("the connection was closed or broke");
+        let _ = tokio::time::timeout(Duration::from_secs(5), SinkExt::<StompItem>::close(framed)).await;
+        return;
+    }
     tracing::warn!(
         message = frame.get("message").unwrap_or(""),
         "protocol error; closing the connection"
@@ -217,15 +228,15 @@ async fn handle_connection(
         return close_with_error(&mut framed, error_frame("Too many connections from one peer.")).await;
     };
     let span = tracing::info_span!("peer", peer = %peer_id, %addr);
-    let _enter = span.enter();
-    tracing::info!("peer connected");
-    drop(_enter);
-    let result = Session::new(&ctx, peer, shutdown).run(&mut framed).await;
-    let _enter = span.enter();
-    match result {
-        Ok(()) => tracing::info!("connection closed"),
-        Err(frame) => close_with_error(&mut framed, frame).await,
+    async {
+        tracing::info!("peer connected");
+        match Session::new(&ctx, peer, shutdown).run(&mut framed).await {
+            Ok(()) => tracing::info!("connection closed"),
+            Err(frame) => close_with_error(&mut framed, frame).await,
+        }
     }
+    .instrument(span)
+    .await
 }
 
 /// A confirmed publish: the SEND's receipt ID, or why it failed.
@@ -294,7 +305,7 @@ impl<'a> Session<'a> {
                             return Ok(());
                         }
                     }
-                    framed.send(receipt_frame(&last)).await.map_err(|_| error_frame(""))?;
+                    framed.send(receipt_frame(&last)).await.map_err(|_| gone())?;
                 }
                 item = framed.next(), if reading => {
                     watchdog.fed();
@@ -348,7 +359,7 @@ impl<'a> Session<'a> {
         loop {
             let item = match tokio::time::timeout_at(deadline, framed.next()).await {
                 Err(_) => return Err(error_frame("The CONNECT command was not received in time.")),
-                Ok(None) => return Err(error_frame("")),
+                Ok(None) => return Err(gone()),
                 Ok(Some(Err(e))) => return Err(error_frame(&codec_error_text(&e))),
                 Ok(Some(Ok(StompItem::HeartBeat))) => continue,
                 Ok(Some(Ok(StompItem::Frame(f)))) => f,
@@ -364,7 +375,7 @@ impl<'a> Session<'a> {
                     let connected = Frame::new("CONNECTED")
                         .header("version", "1.2")
                         .header("heart-beat", timing.offer());
-                    framed.send(connected).await.map_err(|_| error_frame(""))?;
+                    framed.send(connected).await.map_err(|_| gone())?;
                     return Ok(timing.negotiate(theirs));
                 }
                 "DISCONNECT" => return Err(error_frame("Received DISCONNECT before CONNECT.")),

@@ -239,10 +239,14 @@ async fn every_session_error_and_receipt_order() {
     // Either the server saw the late frame before the confirms (ERROR), or
     // every confirm came first and it closed after the DISCONNECT receipt.
     match last.command.as_str() {
+        // Nothing was receipted: what was published may or may not be in
+        // the broker (the client sends it again).
         "ERROR" => assert_eq!(last.get("message"), Some("Received command after DISCONNECT.")),
-        _ => assert_eq!(last.get("receipt-id"), Some("bye")),
+        _ => {
+            assert_eq!(last.get("receipt-id"), Some("bye"));
+            let _ = collect(&ch, "aa_received", 200, Duration::from_secs(20)).await;
+        }
     }
-    let _ = collect(&ch, "aa_received", 200, Duration::from_secs(20)).await;
 
     // A peer that goes silent after CONNECT is dropped by the watchdog.
     let mut c = dial(&net, port).await;
