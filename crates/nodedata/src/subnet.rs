@@ -67,7 +67,7 @@ impl Subnet {
     /// keys, e.g. `0a.1b.#` for `0a1b`.
     pub fn binding_key(&self) -> Result<String, SubnetError> {
         let bits = self.bits();
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(SubnetError::NotByteAligned);
         }
         let nbytes = (bits / 8) as usize;
