@@ -580,8 +580,10 @@ async fn timed_run(
         tokio::select! {
             _ = tick.tick(), if next < count => {
                 sent.insert(next, Instant::now());
-                let _ = pub_ch
+                // No confirms on this channel: the confirmation resolves at once.
+                pub_ch
                     .basic_publish(exchange, key, BasicPublishOptions::default(), &prepare_transfer(next), persistent("PrepareTransfer"))
+                    .await?
                     .await?;
                 next += 1;
             }
