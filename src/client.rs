@@ -96,8 +96,14 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
         let started = Instant::now();
         let end = link(&s, &node, &peer, &connector, &broker, &timing, &mut shutdown).await;
         match end {
-            LinkEnd::Shutdown => return Ok(()),
-            LinkEnd::Fatal(e) => return Err(e),
+            LinkEnd::Shutdown => {
+                broker.close().await;
+                return Ok(());
+            }
+            LinkEnd::Fatal(e) => {
+                broker.close().await;
+                return Err(e);
+            }
             LinkEnd::Retry(why) => {
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(500);
@@ -112,7 +118,10 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
                 backoff = (backoff * 2).min(Duration::from_secs(60));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return Ok(()),
+                    _ = shutdown.changed() => {
+                        broker.close().await;
+                        return Ok(());
+                    }
                 }
             }
         }

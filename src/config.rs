@@ -226,3 +226,17 @@ pub fn shutdown_signal() -> tokio::sync::watch::Receiver<bool> {
     });
     rx
 }
+
+/// Ends the process with the outcome of a program: 0, or 1 with the error
+/// on stderr. Exiting here, rather than returning from `main`, keeps the
+/// runtime's teardown from racing lapin's I/O thread (which would log
+/// spurious errors after a clean shutdown).
+pub fn finish(result: anyhow::Result<()>) -> ! {
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}

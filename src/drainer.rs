@@ -106,6 +106,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
     }
     consumer.close().await;
     publisher.close().await;
+    broker.close().await;
     tracing::info!("drainer stopped");
     Ok(())
 }

@@ -120,6 +120,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>, mut shutdown:
     drop(listener);
     tracing::info!("stopped accepting connections; closing {} open ones", tasks.len());
     while tasks.join_next().await.is_some() {}
+    ctx.broker.close().await;
 }
 
 /// Counts a peer's open connections; the count drops with the guard.

@@ -5,7 +5,7 @@ use amqp_bridge::topology::{declare, topology_for};
 use amqp_bridge::SharedConnection;
 use clap::Parser;
 use nodedata::NodeDatabase;
-use swpt_gateway::config::{init_logging, CommonArgs, Internal};
+use swpt_gateway::config::{finish, init_logging, CommonArgs, Internal};
 
 /// Declares the exchanges, bindings and queues (QUEUE and QUEUE.XQ) that
 /// route messages for one peer; running it twice is harmless.
@@ -21,7 +21,11 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    finish(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);
     let internal = Internal::from_env()?;
@@ -36,7 +40,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let topology = topology_for(&node, &peer, &cli.queue_name)?;
     let broker = SharedConnection::new(&cli.common.broker_url, internal.rmq_connection_timeout());
-    declare(&broker, &topology).await?;
+    let declared = declare(&broker, &topology).await;
+    broker.close().await;
+    declared?;
     tracing::info!(
         "configured {} -> {} (key \"{}\") -> {} (dead letters to {})",
         topology.main_exchange,

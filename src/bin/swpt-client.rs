@@ -1,8 +1,8 @@
 //! `swpt-client PEER QUEUE`: sends a queue's messages to a peer (see `swpt_gateway::client`).
 
 use clap::Parser;
-use swpt_gateway::client::{run, ClientSettings};
-use swpt_gateway::config::{init_logging, shutdown_signal, CertArgs, CommonArgs, Internal};
+use swpt_gateway::client::{self, ClientSettings};
+use swpt_gateway::config::{finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal};
 
 /// Consumes a RabbitMQ queue of messages for one peer and sends them to
 /// the peer's STOMP servers; reconnects by itself.
@@ -23,7 +23,11 @@ struct Cli {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    finish(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);
     let settings = ClientSettings {
@@ -36,6 +40,6 @@ async fn main() -> anyhow::Result<()> {
         buffer: cli.client_buffer.max(1),
         internal: Internal::from_env()?,
     };
-    run(settings, shutdown_signal()).await?;
+    client::run(settings, shutdown_signal()).await?;
     Ok(())
 }

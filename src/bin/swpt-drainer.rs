@@ -1,8 +1,8 @@
 //! `swpt-drainer PEER QUEUE`: drains a deactivated peer's queue (see `swpt_gateway::drainer`).
 
 use clap::Parser;
-use swpt_gateway::config::{init_logging, shutdown_signal, CommonArgs, Internal};
-use swpt_gateway::drainer::{run, DrainerSettings};
+use swpt_gateway::config::{finish, init_logging, shutdown_signal, CommonArgs, Internal};
+use swpt_gateway::drainer::{self, DrainerSettings};
 
 /// Consumes the queue of a deactivated peer, acks everything, and
 /// publishes the replies the peer would have sent for AccountUpdate,
@@ -25,7 +25,11 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    finish(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);
     let settings = DrainerSettings {
@@ -37,5 +41,5 @@ async fn main() -> anyhow::Result<()> {
         server_buffer: cli.server_buffer,
         internal: Internal::from_env()?,
     };
-    run(settings, shutdown_signal()).await
+    drainer::run(settings, shutdown_signal()).await
 }

@@ -1,7 +1,7 @@
 //! `swpt-server`: accepts peers' STOMP connections (see `swpt_gateway::server`).
 
 use clap::Parser;
-use swpt_gateway::config::{init_logging, shutdown_signal, CertArgs, CommonArgs, Internal};
+use swpt_gateway::config::{finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal};
 use swpt_gateway::server::{bind, serve, ServerContext};
 
 /// Accepts mutually authenticated TLS STOMP connections from the node's
@@ -22,7 +22,11 @@ struct Cli {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
+    finish(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);
     let internal = Internal::from_env()?;

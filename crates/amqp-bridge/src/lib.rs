@@ -109,6 +109,14 @@ impl SharedConnection {
         Ok(c)
     }
 
+    /// Closes the connection, if open (call before the runtime ends, so
+    /// that lapin's I/O thread stops cleanly).
+    pub async fn close(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            let _ = c.close(200, "shutting down").await;
+        }
+    }
+
     /// A new channel on the live connection.
     pub async fn channel(&self) -> Result<Channel, BridgeError> {
         let conn = self.connection().await?;
