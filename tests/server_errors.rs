@@ -302,3 +302,58 @@ async fn a_deactivated_peer_is_disconnected() {
     assert_eq!(f.command, "ERROR");
     assert_eq!(f.get("message"), Some("The peer has been deactivated."));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heart_beats_connect_deadline_and_connection_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let port = net_port(&net);
+    let _server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        "amqp://guest:guest@127.0.0.1:5672",
+        &[
+            ("SWPT_SERVER_PORT", &port.to_string()),
+            ("APP_STOMP_HEARTBEAT_SEND_MS", "100"),
+            ("APP_STOMP_CONNECT_TIMEOUT_MS", "500"),
+            ("APP_MAX_CONNECTIONS_PER_PEER", "2"),
+        ],
+    );
+    wait_port(port).await;
+
+    // We want heart-beats every 200 ms: the server sends them every
+    // max(100, 200) ms.
+    let mut c = dial(&net, port).await;
+    c.send(connect_frame().header("heart-beat", "0,200")).await.unwrap();
+    let f = next_frame(&mut c).await.unwrap();
+    assert_eq!(f.get("heart-beat"), Some("100,30000"));
+    let started = std::time::Instant::now();
+    let mut beats = 0;
+    while started.elapsed() < Duration::from_millis(1100) {
+        match tokio::time::timeout(Duration::from_millis(500), c.next()).await {
+            Ok(Some(Ok(StompItem::HeartBeat))) => beats += 1,
+            other => panic!("expected heart-beats, got {other:?}"),
+        }
+    }
+    assert!((3..=8).contains(&beats), "{beats} heart-beats in about a second");
+
+    // A second connection of the same peer is fine; a third is refused.
+    let mut second = dial(&net, port).await;
+    second.send(connect_frame()).await.unwrap();
+    assert_eq!(next_frame(&mut second).await.unwrap().command, "CONNECTED");
+    let mut third = dial(&net, port).await;
+    let _ = third.send(connect_frame()).await;
+    let e = next_frame(&mut third).await.unwrap();
+    assert_eq!(e.get("message"), Some("Too many connections from one peer."));
+    drop((c, second));
+
+    // No CONNECT within the deadline: the server gives up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut idle = dial(&net, port).await;
+    let started = std::time::Instant::now();
+    let e = next_frame(&mut idle).await.unwrap();
+    assert_eq!(e.command, "ERROR");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(next_frame(&mut idle).await.is_none());
+}
