@@ -441,8 +441,10 @@ async fn demo(broker: &str, count: u64, keep: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The broker's own limit: consume and republish with confirms.
-async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> anyhow::Result<f64> {
+/// The broker's own limit: consume and republish with confirms. Returns
+/// messages per second and this process's CPU µs per message (what lapin
+/// alone costs for one consume and one confirmed publish).
+async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> anyhow::Result<(f64, f64)> {
     let ch = conn.create_channel().await?;
     declare_sink(&ch, "bench.dst_x", "bench.dst").await?;
     ch.queue_declare(
@@ -472,6 +474,7 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
         )
         .await?;
     let start = Instant::now();
+    let (cpu0, _) = proc_stats(std::process::id());
     let mut pending = FuturesOrdered::new();
     let mut done = 0;
     let mut consumed = 0;
@@ -501,16 +504,17 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
         }
     }
     let rate = count as f64 / start.elapsed().as_secs_f64();
+    let (cpu1, _) = proc_stats(std::process::id());
     for q in ["bench.src", "bench.dst"] {
         let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
     }
-    Ok(rate)
+    Ok((rate, (cpu1 - cpu0) * 1e6 / count as f64))
 }
 
 async fn throughput(broker: &str, count: u64, buffer: usize) -> anyhow::Result<()> {
     let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
     eprintln!("measuring the broker's own limit ({count} messages, window {buffer})");
-    let limit = broker_limit(&conn, count, buffer).await?;
+    let (limit, loop_cpu) = broker_limit(&conn, count, buffer).await?;
 
     let ch = conn.create_channel().await?;
     let dir = std::env::temp_dir().join(format!("swpt-bench-{}", std::process::id()));
@@ -527,6 +531,7 @@ async fn throughput(broker: &str, count: u64, buffer: usize) -> anyhow::Result<(
     let (client_cpu, client_rss) = client.stats();
     let rate = count as f64 / secs;
     println!("broker limit (consume + republish with confirms): {limit:.0} msg/s");
+    println!("CPU per message of that lapin loop (one process): {loop_cpu:.1} us");
     println!("gateway (swpt-client -> swpt-server over TLS): {rate:.0} msg/s");
     println!("ratio gateway / broker limit: {:.2}", rate / limit);
     println!(
