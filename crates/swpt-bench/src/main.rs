@@ -534,9 +534,12 @@ async fn throughput(broker: &str, count: u64, buffer: usize) -> anyhow::Result<(
     println!("CPU per message of that lapin loop (one process): {loop_cpu:.1} us");
     println!("gateway (swpt-client -> swpt-server over TLS): {rate:.0} msg/s");
     println!("ratio gateway / broker limit: {:.2}", rate / limit);
+    let per = |cpu: f64| cpu * 1e6 / count as f64;
     println!(
-        "CPU per message (server + client): {:.1} us",
-        ((server_cpu - server_cpu0) + client_cpu) * 1e6 / count as f64
+        "CPU per message (server + client): {:.1} us (server {:.1}, client {:.1})",
+        per((server_cpu - server_cpu0) + client_cpu),
+        per(server_cpu - server_cpu0),
+        per(client_cpu)
     );
     println!("peak RSS swpt-server: {:.1} MiB", server_rss as f64 / 1024.0);
     println!("peak RSS swpt-client: {:.1} MiB", client_rss as f64 / 1024.0);
