@@ -325,7 +325,9 @@ async fn heart_beats_connect_deadline_and_connection_limit() {
     // We want heart-beats every 200 ms: the server sends them every
     // max(100, 200) ms.
     let mut c = dial(&net, port).await;
-    c.send(connect_frame().header("heart-beat", "0,200")).await.unwrap();
+    c.send(connect_frame().header("heart-beat", "0,200"))
+        .await
+        .unwrap();
     let f = next_frame(&mut c).await.unwrap();
     assert_eq!(f.get("heart-beat"), Some("100,30000"));
     let started = std::time::Instant::now();

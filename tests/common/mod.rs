@@ -257,7 +257,11 @@ pub fn shared_data() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: ../shared/swpt-test-data is not beside the repository");
+        // Straight to stderr, past the test harness's capture, so the skip shows.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"SKIPPED: ../shared/swpt-test-data is not beside the repository\n",
+        );
         None
     }
 }
