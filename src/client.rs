@@ -10,7 +10,8 @@
 //!
 //! One link at a time: connect to a random server of the peer's manifest,
 //! send STOMP, then one `select!` loop sends deliveries while fewer than
-//! `buffer` are unconfirmed and acks on every RECEIPT. When the link ends,
+//! `buffer` are unconfirmed and acks what RECEIPTs confirm (in small
+//! batches, see `AckBatch`). When the link ends,
 //! the consumer channel is closed (RabbitMQ redelivers what was not
 //! acked) and a new link is made after a capped, jittered back-off.
 
@@ -245,21 +246,78 @@ async fn link(
         }
         Err(e) => return LinkEnd::Retry(e.to_string()),
     };
+    let mut acks = AckBatch::new(s.buffer);
     let end = stream(
         s,
         node,
         peer,
         &mut framed,
         &mut consumer,
+        &mut acks,
         timing,
         send_every,
         expect_every,
         shutdown,
     )
     .await;
+    // What the server receipted is acked before the channel closes.
+    acks.flush(&consumer);
     consumer.close().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), SinkExt::<StompItem>::close(&mut framed)).await;
     end
+}
+
+/// Acks in batches: RECEIPTs are acked once a quarter of the buffer has
+/// been receipted, when nothing is left in flight, or 2 ms after the
+/// first unacked RECEIPT, whichever comes first. Fewer acks mean fewer
+/// wake-ups of lapin's I/O thread and of the broker.
+struct AckBatch {
+    up_to: Option<u64>,
+    count: usize,
+    batch: usize,
+    since: Option<tokio::time::Instant>,
+}
+
+impl AckBatch {
+    const DELAY: Duration = Duration::from_millis(2);
+
+    fn new(buffer: usize) -> AckBatch {
+        AckBatch {
+            up_to: None,
+            count: 0,
+            batch: (buffer / 4).max(1),
+            since: None,
+        }
+    }
+
+    /// One more delivery receipted (cumulatively up to `tag`).
+    fn receipted(&mut self, tag: u64) {
+        self.up_to = Some(tag);
+        self.count += 1;
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+
+    fn full(&self) -> bool {
+        self.count >= self.batch
+    }
+
+    /// Acks everything receipted so far.
+    fn flush(&mut self, consumer: &Consumer) {
+        if let Some(tag) = self.up_to.take() {
+            consumer.ack_up_to(tag);
+        }
+        self.count = 0;
+        self.since = None;
+    }
+
+    /// Resolves when the oldest unacked RECEIPT is due; never when there
+    /// is none.
+    async fn deadline(&self) {
+        match self.since {
+            Some(t) => tokio::time::sleep_until(t + Self::DELAY).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The SEND frame for one delivery, after the client-side rules.
@@ -286,6 +344,7 @@ async fn stream(
     peer: &PeerData,
     framed: &mut Conn,
     consumer: &mut Consumer,
+    acks: &mut AckBatch,
     timing: &Timing,
     send_every: Option<Duration>,
     expect_every: Option<Duration>,
@@ -365,9 +424,12 @@ async fn stream(
                             if !inflight.contains(&tag) {
                                 return LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}"));
                             }
-                            consumer.ack_up_to(tag);
                             while inflight.front().is_some_and(|t| *t <= tag) {
                                 inflight.pop_front();
+                                acks.receipted(tag);
+                            }
+                            if acks.full() || inflight.is_empty() {
+                                acks.flush(consumer);
                             }
                             if disconnecting.is_some() && inflight.is_empty() {
                                 return LinkEnd::Shutdown;
@@ -381,6 +443,7 @@ async fn stream(
                     },
                 }
             }
+            _ = acks.deadline() => acks.flush(consumer),
             _ = heartbeat.tick(), if send_every.is_some() => {
                 if framed.send(StompItem::HeartBeat).await.is_err() {
                     return LinkEnd::Retry("the connection broke".into());
