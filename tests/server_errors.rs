@@ -72,7 +72,6 @@ async fn error_for(net: &Devnet, port: u16, connect: bool, frames: Vec<Frame>) -
         let f = next_frame(&mut c).await.unwrap();
         assert_eq!(f.command, "CONNECTED");
         assert_eq!(f.get("version"), Some("1.2"));
-        assert_eq!(f.get("heart-beat"), Some("5000,500"));
     }
     for f in frames {
         let _ = c.send(f).await;
@@ -200,7 +199,13 @@ async fn every_session_error_and_receipt_order() {
     // RECEIPTs come only after confirmation, and DISCONNECT's last.
     let mut c = dial(&net, port).await;
     c.send(connect_frame()).await.unwrap();
-    assert_eq!(next_frame(&mut c).await.unwrap().command, "CONNECTED");
+    let connected = next_frame(&mut c).await.unwrap();
+    assert_eq!(connected.command, "CONNECTED");
+    assert_eq!(
+        connected.get("heart-beat"),
+        Some("5000,500"),
+        "our offer (APP_STOMP_HEARTBEAT_RECV_MS)"
+    );
     for i in 0..20 {
         c.send(send_frame(&i.to_string(), &masqueraded(i))).await.unwrap();
     }
@@ -358,4 +363,56 @@ async fn heart_beats_connect_deadline_and_connection_limit() {
     assert_eq!(e.command, "ERROR");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(next_frame(&mut idle).await.is_none());
+}
+
+/// A SEND the broker does not take (no broker, or no queue for its
+/// routing key) gets an ERROR and no RECEIPT: the client keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublishable_sends_are_never_receipted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let port = net_port(&net);
+    let good = masqueraded(1);
+
+    // No broker at all.
+    let down = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        "amqp://guest:guest@127.0.0.1:1",
+        &[
+            ("SWPT_SERVER_PORT", &port.to_string()),
+            ("APP_RMQ_CONNECTION_TIMEOUT_SECONDS", "2"),
+        ],
+    );
+    wait_port(port).await;
+    let e = error_for(&net, port, true, vec![send_frame("1", &good)]).await;
+    assert_eq!(e.get("message"), Some("Internal server error."));
+    drop(down);
+
+    // A broker whose accounts_in routes the message nowhere (mandatory).
+    let vhost = Vhost::new("unroutable");
+    let (_conn, ch) = vhost.channel().await;
+    let durable = lapin::options::ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        "accounts_in",
+        lapin::ExchangeKind::Topic,
+        durable,
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let _up = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        &vhost.url,
+        &[("SWPT_SERVER_PORT", &port.to_string())],
+    );
+    wait_port(port).await;
+    let e = error_for(&net, port, true, vec![send_frame("2", &good)]).await;
+    assert_eq!(e.get("message"), Some("Internal server error."));
 }
