@@ -436,7 +436,20 @@ async fn stream(
                             }
                         }
                         "ERROR" => {
-                            return LinkEnd::Retry(format!("Received server error \"{}\".", f.get("message").unwrap_or("")));
+                            let message = f.get("message").unwrap_or("");
+                            // An ERROR about one of our messages (it names its
+                            // receipt) would come back for that message on every
+                            // link: dead-letter it, so the link goes on.
+                            let refused = f.get("receipt-id").and_then(|r| r.parse::<u64>().ok());
+                            if let Some(tag) = refused.filter(|t| inflight.contains(t)) {
+                                tracing::error!(
+                                    delivery_tag = tag,
+                                    "the server refused a message, rejecting it to {}.XQ: {message}",
+                                    s.queue
+                                );
+                                consumer.reject(tag);
+                            }
+                            return LinkEnd::Retry(format!("Received server error \"{message}\"."));
                         }
                         "CONNECTED" => return LinkEnd::Retry("Received CONNECTED command more than once.".into()),
                         other => return LinkEnd::Retry(format!("Received unexpected command \"{other}\".")),

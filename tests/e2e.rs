@@ -24,6 +24,26 @@ fn header<'a>(d: &'a lapin::message::Delivery, name: &str) -> &'a AMQPValue {
 /// Runs CA -> AA with `n` good messages (and optional poison ones) over the
 /// node databases in `aa_dir` and `ca_dir`.
 async fn ca_to_aa(vhost: &Vhost, aa_dir: &Path, ca_dir: &Path, aa_port: u16, n: i64, poison: bool) {
+    ca_to_aa_with(
+        vhost,
+        aa_dir,
+        ca_dir,
+        aa_port,
+        n,
+        poison.then_some(&b"{not json"[..]),
+    )
+    .await
+}
+
+/// Like `ca_to_aa`, with `poison` (if any) published in the middle.
+async fn ca_to_aa_with(
+    vhost: &Vhost,
+    aa_dir: &Path,
+    ca_dir: &Path,
+    aa_port: u16,
+    n: i64,
+    poison: Option<&[u8]>,
+) {
     let (_conn, ch) = vhost.channel().await;
     sink_queue(&ch, "accounts_in", "aa_received").await;
     let out = run("configure-queue", &["1234abcd", "to_aa"], ca_dir, &vhost.url);
@@ -38,8 +58,8 @@ async fn ca_to_aa(vhost: &Vhost, aa_dir: &Path, ca_dir: &Path, aa_port: u16, n: 
     );
     wait_port(aa_port).await;
     for i in 0..n {
-        if poison && i == n / 2 {
-            publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", b"{not json").await;
+        if let Some(poison) = poison.filter(|_| i == n / 2) {
+            publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", poison).await;
         }
         let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
         publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", &body).await;
@@ -91,7 +111,7 @@ async fn ca_to_aa(vhost: &Vhost, aa_dir: &Path, ca_dir: &Path, aa_port: u16, n: 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(message_count(&ch, "to_aa").await, 0);
-    if poison {
+    if poison.is_some() {
         assert_eq!(
             message_count(&ch, "to_aa.XQ").await,
             1,
@@ -145,4 +165,20 @@ async fn ca_to_aa_shared_test_network() {
     .unwrap();
     let vhost = Vhost::new("shared");
     ca_to_aa(&vhost, &aa, &ca, port, 1000, false).await;
+}
+
+/// A message the client passes but the server refuses (its timestamp is
+/// three hours ahead) would stop the link for good: the client
+/// dead-letters it when the server's ERROR names it, and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_server_refuses_is_dead_lettered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("refused");
+    let aa_port = net_port(&net.ca_dir, "1234abcd");
+    let mut future = prepare_transfer(-1);
+    let ahead = smp_json::Timestamp::from_unix_micros(smp_json::now_micros() + 3 * 3600 * 1_000_000);
+    future["ts"] = json!(ahead.to_iso());
+    let body = serde_json::to_vec(&future).unwrap();
+    ca_to_aa_with(&vhost, &net.aa_dir, &net.ca_dir, aa_port, 100, Some(&body)).await;
 }
