@@ -547,3 +547,57 @@ async fn shared_network_handshakes_both_ways() {
         assert!(connected(&f), "{client} -> {server}: {f:?}");
     }
 }
+
+/// A peer added while the server runs: the first handshake is refused
+/// (its root is not in memory yet) and schedules a reload; the next gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_added_while_the_server_runs_gets_in_on_its_next_attempt() {
+    let m = matrix();
+    let port = m.port.to_string();
+    let _server = spawn(
+        "swpt-server",
+        &[],
+        &m.aa.dir,
+        "amqp://guest:guest@127.0.0.1:5672",
+        &[("SWPT_SERVER_PORT", &port)],
+    );
+    wait_port(m.port).await;
+    let newcomer = NodeFiles::create(
+        m.aa.dir.join("../newcomer"),
+        Authority::new(NodeType::CA, None).unwrap(),
+        1,
+        Some("000008"),
+    )
+    .unwrap();
+    write_peer(
+        &newcomer,
+        &link(
+            &m.aa,
+            Some(("masq-subnet.txt", "000004")),
+            Some("000004"),
+            Some("ACTIVE"),
+        ),
+    )
+    .unwrap();
+    let chain = || chain_of(&newcomer, &LeafOptions::default());
+    // Not in the database yet: refused.
+    assert!(!connected(
+        &try_session(client_presenting(Some(chain())), m.port).await
+    ));
+    write_peer(
+        &m.aa,
+        &link(&newcomer, Some(("subnet.txt", "000004")), None, Some("ACTIVE")),
+    )
+    .unwrap();
+    // In the database: admitted once the roots are reloaded, which a
+    // refused handshake schedules (the first attempt may still be refused).
+    let mut admitted = false;
+    for _ in 0..20 {
+        if connected(&try_session(client_presenting(Some(chain())), m.port).await) {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(admitted, "the new peer was never admitted");
+}
