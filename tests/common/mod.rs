@@ -89,7 +89,7 @@ impl Drop for Proc {
 
 impl Proc {
     pub fn sigterm(&mut self) {
-        unsafe_kill(self.0.id(), "TERM");
+        sigterm(self.0.id());
     }
     pub fn sigkill(&mut self) {
         let _ = self.0.kill();
@@ -97,11 +97,12 @@ impl Proc {
     }
 }
 
-fn unsafe_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+/// Sends SIGTERM to a child of ours.
+fn sigterm(pid: u32) {
+    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
 }
 
 pub fn bin(name: &str) -> PathBuf {

@@ -92,10 +92,10 @@ pub struct Proc(pub Child, pub &'static str);
 
 impl Proc {
     pub fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
         for _ in 0..50 {
             if let Ok(Some(_)) = self.0.try_wait() {
                 return;
