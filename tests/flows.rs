@@ -394,3 +394,40 @@ async fn client_refuses_a_missing_queue_and_an_unknown_peer() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("abcdef12 is not an active peer"), "{err}");
 }
+
+#[test]
+fn cpu_affinity_pins_every_thread_and_bad_lists_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let port = free_port().to_string();
+    let server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        "amqp://guest:guest@127.0.0.1:5672",
+        &[("SWPT_SERVER_PORT", &port), ("APP_CPU_AFFINITY", "0")],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = server.0.id();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut n = 0;
+    for task in tasks {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let allowed = status
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list:"))
+            .unwrap();
+        assert_eq!(allowed.split_whitespace().nth(1), Some("0"), "{allowed}");
+        n += 1;
+    }
+    assert!(n >= 1);
+    drop(server);
+
+    let out = std::process::Command::new(bin("swpt-server"))
+        .env("SWPT_NODEDATA_URL", format!("file://{}", net.aa_dir.display()))
+        .env("APP_CPU_AFFINITY", "zero")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("APP_CPU_AFFINITY: invalid CPU list 'zero'"));
+}

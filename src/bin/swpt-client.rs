@@ -2,7 +2,9 @@
 
 use clap::Parser;
 use swpt_gateway::client::{self, ClientSettings};
-use swpt_gateway::config::{finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal};
+use swpt_gateway::config::{
+    apply_cpu_affinity, finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal,
+};
 
 /// Consumes a RabbitMQ queue of messages for one peer and sends them to
 /// the peer's STOMP servers; reconnects by itself.
@@ -30,6 +32,7 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);
+    apply_cpu_affinity()?;
     let settings = ClientSettings {
         nodedata_url: cli.common.nodedata_url,
         broker_url: cli.common.broker_url,

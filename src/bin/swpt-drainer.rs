@@ -1,7 +1,7 @@
 //! `swpt-drainer PEER QUEUE`: drains a deactivated peer's queue (see `swpt_gateway::drainer`).
 
 use clap::Parser;
-use swpt_gateway::config::{finish, init_logging, shutdown_signal, CommonArgs, Internal};
+use swpt_gateway::config::{apply_cpu_affinity, finish, init_logging, shutdown_signal, CommonArgs, Internal};
 use swpt_gateway::drainer::{self, DrainerSettings};
 
 /// Consumes the queue of a deactivated peer, acks everything, and
@@ -32,6 +32,7 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);
+    apply_cpu_affinity()?;
     let settings = DrainerSettings {
         nodedata_url: cli.common.nodedata_url,
         broker_url: cli.common.broker_url,

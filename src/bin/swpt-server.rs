@@ -1,7 +1,9 @@
 //! `swpt-server`: accepts peers' STOMP connections (see `swpt_gateway::server`).
 
 use clap::Parser;
-use swpt_gateway::config::{finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal};
+use swpt_gateway::config::{
+    apply_cpu_affinity, finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal,
+};
 use swpt_gateway::server::{bind, serve, ServerContext};
 
 /// Accepts mutually authenticated TLS STOMP connections from the node's
@@ -29,6 +31,7 @@ async fn main() {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.common.log_level, &cli.common.log_format);
+    apply_cpu_affinity()?;
     let internal = Internal::from_env()?;
     let backlog = internal.app_stomp_server_backlog;
     let ctx = ServerContext::new(

@@ -644,9 +644,19 @@ async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // With APP_CPU_AFFINITY set, the bench (all its threads, and so the
+    // broker-limit loop) runs on the same CPUs as the gateway processes it
+    // starts: pinned before the runtime starts its threads.
+    swpt_gateway::config::apply_cpu_affinity()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Demo { count, keep } => demo(&cli.broker_url, count, keep).await,
         Cmd::Throughput { count, buffer } => throughput(&cli.broker_url, count, buffer).await,
