@@ -473,6 +473,30 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
             FieldTable::default(),
         )
         .await?;
+    // The destination is drained as the gateway's is (by an auto-ack
+    // consumer), so that the broker does the same work on both paths.
+    let sink = conn.create_channel().await?;
+    let mut drain = sink
+        .basic_consume(
+            "bench.dst",
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let drained = tokio::spawn(async move {
+        let mut n = 0u64;
+        while n < count {
+            match drain.next().await {
+                Some(Ok(_)) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
     let start = Instant::now();
     let (cpu0, _) = proc_stats(std::process::id());
     let mut pending = FuturesOrdered::new();
@@ -503,6 +527,7 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
             }
         }
     }
+    let _ = drained.await;
     let rate = count as f64 / start.elapsed().as_secs_f64();
     let (cpu1, _) = proc_stats(std::process::id());
     for q in ["bench.src", "bench.dst"] {
