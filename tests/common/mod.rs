@@ -204,7 +204,7 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, msg_type: &str, bo
     .unwrap();
 }
 
-/// Collects `n` deliveries from `queue` (acking them), or panics after
+/// Collects `n` deliveries from `queue` (auto-acked), or panics after
 /// `timeout`.
 pub async fn collect(
     ch: &Channel,
@@ -212,29 +212,18 @@ pub async fn collect(
     n: usize,
     timeout: Duration,
 ) -> Vec<lapin::message::Delivery> {
-    let mut consumer = ch
-        .basic_consume(
-            queue,
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut out = Vec::new();
+    let mut collector = Collector::new(ch, queue).await;
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
     while out.len() < n {
-        match tokio::time::timeout_at(deadline, consumer.next()).await {
-            Ok(Some(Ok(d))) => out.push(d),
-            Ok(other) => panic!("consumer ended: {other:?}"),
-            Err(_) => panic!("only {} of {n} messages arrived in {queue}", out.len()),
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match collector.next(left).await {
+            Some(d) => out.push(d),
+            None => panic!("only {} of {n} messages arrived in {queue}", out.len()),
         }
     }
     let _ = ch
-        .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+        .basic_cancel(collector.consumer.tag().as_str(), BasicCancelOptions::default())
         .await;
     out
 }
