@@ -344,15 +344,21 @@ impl ClientCertVerifier for SwaptacularClientVerifier {
             tracing::warn!(peer = %id, "client certificate refused: {e}");
             webpki_err(e)
         })?;
-        let Some(sub) = intermediates.first() else {
+        if intermediates.is_empty() {
             tracing::warn!(peer = %id, "client certificate refused: no sub-CA certificate presented");
             return Err(general("the client presented no sub-CA certificate"));
-        };
-        check_sub_ca(&self.own_root, sub, end_entity).map_err(|e| {
-            tracing::warn!(peer = %id, "client certificate refused: {e}");
-            general(e)
-        })?;
-        Ok(ClientCertVerified::assertion())
+        }
+        // The sub-CA is normally the only other certificate, but a server.crt
+        // file may hold more than the leaf: any one that passes will do.
+        let mut why = String::new();
+        for sub in intermediates {
+            match check_sub_ca(&self.own_root, sub, end_entity) {
+                Ok(()) => return Ok(ClientCertVerified::assertion()),
+                Err(e) => why = e,
+            }
+        }
+        tracing::warn!(peer = %id, "client certificate refused: {why}");
+        Err(general(why))
     }
 
     tls13_only_signatures!();
