@@ -298,6 +298,13 @@ async fn server_side_matrix() {
     assert!(connected(
         &try_session(client_presenting(Some(chain_of(&m.da, &ok))), m.port).await
     ));
+    // Another certificate before the sub-CA (a server.crt holding more
+    // than the leaf) is fine.
+    let (mut certs, key) = chain_of(&m.ca, &ok);
+    certs.insert(1, m.ca.auth.root.der().clone());
+    assert!(connected(
+        &try_session(client_presenting(Some((certs, key))), m.port).await
+    ));
 
     let refused = |f: &Option<Frame>| !connected(f);
     // Unknown root.
