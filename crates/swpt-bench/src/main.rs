@@ -310,6 +310,27 @@ impl Progress {
     }
 }
 
+/// An auto-ack consumer of `queue`.
+async fn auto_ack_consumer(ch: &Channel, queue: &str) -> anyhow::Result<lapin::Consumer> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    Ok(ch
+        .basic_consume(queue, "", options, FieldTable::default())
+        .await?)
+}
+
+/// Waits (10 s at most) until something listens on 127.0.0.1:`port`.
+pub async fn wait_port(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A generated AA + CA network on free ports, with the CA's outgoing
 /// topology configured and the AA's server running.
 struct Gateway {
@@ -360,12 +381,7 @@ async fn gateway(broker: &str, ch: &Channel, dir: PathBuf, buffer: usize) -> any
             ("SWPT_SERVER_BUFFER", buffer.to_string()),
         ],
     )?;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_port(port).await;
     Ok(Gateway {
         _dir: dir,
         net,
@@ -385,17 +401,7 @@ fn start_client(g: &Gateway, broker: &str, buffer: usize) -> anyhow::Result<Proc
 
 /// Waits for `n` arrivals; returns the time from `start` to the last.
 async fn arrivals(ch: &Channel, n: u64, mut progress: Option<Progress>) -> anyhow::Result<Instant> {
-    let mut consumer = ch
-        .basic_consume(
-            ARRIVED,
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
     let mut done = 0;
     while done < n {
         match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
@@ -476,17 +482,7 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
     // The destination is drained as the gateway's is (by an auto-ack
     // consumer), so that the broker does the same work on both paths.
     let sink = conn.create_channel().await?;
-    let mut drain = sink
-        .basic_consume(
-            "bench.dst",
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut drain = auto_ack_consumer(&sink, "bench.dst").await?;
     let drained = tokio::spawn(async move {
         let mut n = 0u64;
         while n < count {
@@ -593,17 +589,7 @@ async fn timed_run(
     rate: u64,
 ) -> anyhow::Result<Vec<Duration>> {
     let ch = conn.create_channel().await?;
-    let mut consumer = ch
-        .basic_consume(
-            queue,
-            "",
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut consumer = auto_ack_consumer(&ch, queue).await?;
     let pub_ch = conn.create_channel().await?;
     let mut sent: HashMap<u64, Instant> = HashMap::new();
     let mut latencies = Vec::new();

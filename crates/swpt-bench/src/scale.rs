@@ -44,12 +44,7 @@ pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow
             ("APP_MAX_CONNECTIONS_PER_PEER", "2".into()),
         ],
     )?;
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::wait_port(port).await;
     let pid = server.0.id();
     let rss_before = rss_kib(pid);
     let counters = Arc::new(Counters::default());
