@@ -45,7 +45,19 @@ async fn ca_drains_a_deactivated_aa_peer() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let gone = net.deactivated_aa_id.clone().unwrap();
-    let vhost = Vhost::new("drain");
+    ca_drains(&net.ca_dir, &gone, &Vhost::new("drain")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ca_drains_the_shared_deactivated_aa_peer() {
+    let Some(data) = shared_data() else { return };
+    ca_drains(&data.join("CA"), "deac00ed", &Vhost::new("drain-shared")).await;
+}
+
+/// The CA at `ca_dir` drains its deactivated AA peer `gone`: two
+/// RejectedConfig replies, none for the PrepareTransfer, the queue empty,
+/// and a clean stop on SIGTERM.
+async fn ca_drains(ca_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
     let (_conn, ch) = vhost.channel().await;
     sink_queue(&ch, "creditors_in", "ca_received").await;
     declare_peer_queue(&ch, "to_gone").await;
@@ -57,7 +69,7 @@ async fn ca_drains_a_deactivated_aa_peer() {
     publish(&ch, "", "to_gone", "ConfigureAccount", &ca).await;
     publish(&ch, "", "to_gone", "ConfigureAccount", &ca).await;
 
-    let mut drainer = spawn("swpt-drainer", &[&gone, "to_gone"], &net.ca_dir, &vhost.url, &[]);
+    let mut drainer = spawn("swpt-drainer", &[gone, "to_gone"], ca_dir, &vhost.url, &[]);
     let got = collect(&ch, "ca_received", 2, Duration::from_secs(30)).await;
     for d in &got {
         let v: Value = serde_json::from_slice(&d.data).unwrap();
