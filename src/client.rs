@@ -68,6 +68,7 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
     let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(anyhow::Error::from)?;
     let node = db.node_data().await.map_err(anyhow::Error::from)?;
     let certs = crate::tls::load_certs(&s.server_cert).map_err(anyhow::Error::from)?;
+    let key = crate::tls::load_key(&s.server_key).map_err(anyhow::Error::from)?;
     let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
     let timing = s.internal.timing();
     let mut backoff = Duration::from_millis(500);
@@ -81,7 +82,7 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
             .map_err(anyhow::Error::from)?
             .filter(|p| p.is_active())
             .ok_or_else(|| FatalError::UnknownPeer(s.peer_id.clone()))?;
-        let connector = connector_for(&s, &certs, &peer)?;
+        let connector = connector_for(&certs, &key, &peer)?;
         if !checked_queue {
             match amqp_bridge::check_queue(&broker, &s.queue).await {
                 Ok(()) => checked_queue = true,
@@ -132,14 +133,14 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
 /// The TLS connector for `peer`: we present our leaf and the sub-CA the
 /// peer issued for us; we trust the peer's root.
 fn connector_for(
-    s: &ClientSettings,
     own: &[nodedata::CertificateDer<'static>],
+    key: &rustls_pki_types::PrivateKeyDer<'static>,
     peer: &PeerData,
 ) -> Result<TlsConnector, FatalError> {
-    let key = crate::tls::load_key(&s.server_key).map_err(anyhow::Error::from)?;
     let mut certs = own[..1].to_vec();
     certs.push(peer.sub_cert.clone());
-    let config = client_config(certs, key, &peer.node_id, &peer.root_cert).map_err(anyhow::Error::from)?;
+    let config =
+        client_config(certs, key.clone_key(), &peer.node_id, &peer.root_cert).map_err(anyhow::Error::from)?;
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

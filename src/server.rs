@@ -161,18 +161,26 @@ type Conn = Framed<TlsStream<TcpStream>, StompCodec>;
 /// server holds many mostly idle connections; they grow under load.
 const FRAMED_CAPACITY: usize = 1024;
 
-/// The "error" of a connection that broke or closed: nothing to send.
-fn gone() -> Frame {
-    Frame::new("ERROR")
+/// How a session ends: the connection closed or broke (nothing to send),
+/// or an ERROR to send before closing.
+enum End {
+    Closed,
+    Error(Frame),
 }
 
-/// Sends an ERROR and closes (just closes for [`gone`]).
-async fn close_with_error(framed: &mut Conn, frame: Frame) {
-    if frame.get("message").is_none() {
-        tracing::info!("the connection was closed or broke");
-        let _ = tokio::time::timeout(Duration::from_secs(5), SinkExt::<StompItem>::close(framed)).await;
-        return;
+impl From<Frame> for End {
+    fn from(frame: Frame) -> End {
+        End::Error(frame)
     }
+}
+
+/// An [`End`] with an ERROR carrying `message`.
+fn fail(message: &str) -> End {
+    End::Error(error_frame(message))
+}
+
+/// Sends an ERROR and closes.
+async fn close_with_error(framed: &mut Conn, frame: Frame) {
     tracing::warn!(
         message = frame.get("message").unwrap_or(""),
         "protocol error; closing the connection"
@@ -233,8 +241,13 @@ async fn handle_connection(
     async {
         tracing::info!("peer connected");
         match Session::new(&ctx, peer, shutdown).run(&mut framed).await {
-            Ok(()) => tracing::info!("connection closed"),
-            Err(frame) => close_with_error(&mut framed, frame).await,
+            End::Closed => {
+                tracing::info!("connection closed");
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), SinkExt::<StompItem>::close(&mut framed))
+                        .await;
+            }
+            End::Error(frame) => close_with_error(&mut framed, frame).await,
         }
     }
     .instrument(span)
@@ -276,11 +289,11 @@ impl ReceiptBatch {
     }
 
     /// Sends the RECEIPT for everything confirmed so far.
-    async fn send(&mut self, framed: &mut Conn) -> Result<(), Frame> {
+    async fn send(&mut self, framed: &mut Conn) -> Result<(), End> {
         self.count = 0;
         self.since = None;
         match self.last.take() {
-            Some(last) => framed.send(receipt_frame(&last)).await.map_err(|_| gone()),
+            Some(last) => framed.send(receipt_frame(&last)).await.map_err(|_| End::Closed),
             None => Ok(()),
         }
     }
@@ -326,8 +339,16 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Runs the session; `Err` is the ERROR frame to close with.
-    async fn run(mut self, framed: &mut Conn) -> Result<(), Frame> {
+    /// Runs the session until it ends; the caller then sends the ERROR (if
+    /// any) and closes the connection.
+    async fn run(mut self, framed: &mut Conn) -> End {
+        match self.drive(framed).await {
+            Ok(never) => match never {},
+            Err(end) => end,
+        }
+    }
+
+    async fn drive(&mut self, framed: &mut Conn) -> Result<std::convert::Infallible, End> {
         let timing = self.ctx.timing;
         let (send_every, expect_every) = self.connect(framed).await?;
         let mut watchdog = Watchdog::new(expect_every, &timing);
@@ -342,7 +363,7 @@ impl<'a> Session<'a> {
             let reading = self.confirms.len() < self.ctx.buffer && self.pending_error.is_none();
             tokio::select! {
                 _ = self.shutdown.changed() => {
-                    return Err(error_frame("The connection has been closed by the server."));
+                    return Err(fail("The connection has been closed by the server."));
                 }
                 Some(confirmed) = self.confirms.next(), if !self.confirms.is_empty() => {
                     let mut last = confirmed.map_err(|e| self.broker_failed(e))?;
@@ -355,13 +376,12 @@ impl<'a> Session<'a> {
                     if self.confirms.is_empty() {
                         if let Some(frame) = self.pending_error.take() {
                             let _ = framed.feed(receipt_frame(&last)).await;
-                            return Err(frame);
+                            return Err(frame.into());
                         }
                         if let Some(receipt) = self.disconnect.take() {
                             // The DISCONNECT's receipt confirms everything before it.
                             let _ = framed.send(receipt_frame(&receipt)).await;
-                            let _ = SinkExt::<StompItem>::close(framed).await;
-                            return Ok(());
+                            return Err(End::Closed);
                         }
                     }
                     receipts.confirmed(last, count);
@@ -373,35 +393,33 @@ impl<'a> Session<'a> {
                 item = framed.next(), if reading => {
                     watchdog.fed();
                     match item {
-                        None => return Ok(()),
+                        None => return Err(End::Closed),
                         Some(Err(stomp_codec::CodecError::Io(e))) => {
                             tracing::info!("the connection broke: {e}");
-                            return Ok(());
+                            return Err(End::Closed);
                         }
-                        Some(Err(e)) => return Err(error_frame(&codec_error_text(&e))),
+                        Some(Err(e)) => return Err(fail(&codec_error_text(&e))),
                         Some(Ok(StompItem::HeartBeat)) => {}
                         Some(Ok(StompItem::Frame(frame))) => {
-                            if let Some(done) = self.on_frame(frame, framed).await? {
-                                return done;
-                            }
+                            self.on_frame(frame, framed).await?;
                         }
                     }
                 }
                 _ = heartbeat.tick(), if send_every.is_some() => {
                     if framed.send(StompItem::HeartBeat).await.is_err() {
-                        return Ok(());
+                        return Err(End::Closed);
                     }
                 }
                 _ = watch.tick() => {
                     if watchdog.starved() {
                         let secs = expect_every.unwrap_or_default() + timing.network_delay;
-                        return Err(error_frame(&format!("No data received for {:.3} seconds.", secs.as_secs_f64())));
+                        return Err(fail(&format!("No data received for {:.3} seconds.", secs.as_secs_f64())));
                     }
                 }
                 _ = peer_check.tick() => {
                     match self.ctx.db.peer_data(&self.peer.node_id).await {
                         Ok(Some(p)) if !p.is_deactivated() => {}
-                        Ok(_) => return Err(error_frame("The peer has been deactivated.")),
+                        Ok(_) => return Err(fail("The peer has been deactivated.")),
                         Err(e) => tracing::warn!("re-checking the peer failed: {e}"),
                     }
                 }
@@ -409,21 +427,21 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn broker_failed(&self, e: amqp_bridge::BridgeError) -> Frame {
+    fn broker_failed(&self, e: amqp_bridge::BridgeError) -> End {
         tracing::error!("publishing failed: {e}");
-        error_frame("Internal server error.")
+        fail("Internal server error.")
     }
 
     /// Waits for CONNECT and answers CONNECTED; returns the negotiated
     /// heart-beat intervals.
-    async fn connect(&mut self, framed: &mut Conn) -> Result<(Option<Duration>, Option<Duration>), Frame> {
+    async fn connect(&mut self, framed: &mut Conn) -> Result<(Option<Duration>, Option<Duration>), End> {
         let timing = self.ctx.timing;
         let deadline = tokio::time::Instant::now() + timing.connect_timeout;
         loop {
             let item = match tokio::time::timeout_at(deadline, framed.next()).await {
-                Err(_) => return Err(error_frame("The CONNECT command was not received in time.")),
-                Ok(None) => return Err(gone()),
-                Ok(Some(Err(e))) => return Err(error_frame(&codec_error_text(&e))),
+                Err(_) => return Err(fail("The CONNECT command was not received in time.")),
+                Ok(None) => return Err(End::Closed),
+                Ok(Some(Err(e))) => return Err(fail(&codec_error_text(&e))),
                 Ok(Some(Ok(StompItem::HeartBeat))) => continue,
                 Ok(Some(Ok(StompItem::Frame(f)))) => f,
             };
@@ -431,54 +449,46 @@ impl<'a> Session<'a> {
                 "CONNECT" | "STOMP" => {
                     let versions = item.get("accept-version").unwrap_or("");
                     if !versions.split(',').any(|v| v == "1.2") {
-                        return Err(error_frame("STOMP 1.2 is not supported by the client."));
+                        return Err(fail("STOMP 1.2 is not supported by the client."));
                     }
                     let theirs = parse_heartbeat(item.get("heart-beat"))
-                        .ok_or_else(|| error_frame("Received invalid heart-beat value."))?;
+                        .ok_or_else(|| fail("Received invalid heart-beat value."))?;
                     let connected = Frame::new("CONNECTED")
                         .header("version", "1.2")
                         .header("heart-beat", timing.offer());
-                    framed.send(connected).await.map_err(|_| gone())?;
+                    framed.send(connected).await.map_err(|_| End::Closed)?;
                     return Ok(timing.negotiate(theirs));
                 }
-                "DISCONNECT" => return Err(error_frame("Received DISCONNECT before CONNECT.")),
-                _ => return Err(error_frame("Received another command before CONNECT.")),
+                "DISCONNECT" => return Err(fail("Received DISCONNECT before CONNECT.")),
+                _ => return Err(fail("Received another command before CONNECT.")),
             }
         }
     }
 
-    /// Handles one frame after CONNECT. `Ok(Some(..))` ends the session.
-    async fn on_frame(
-        &mut self,
-        frame: Frame,
-        framed: &mut Conn,
-    ) -> Result<Option<Result<(), Frame>>, Frame> {
+    /// Handles one frame after CONNECT; `Err` ends the session.
+    async fn on_frame(&mut self, frame: Frame, framed: &mut Conn) -> Result<(), End> {
         if self.disconnect.is_some() {
-            return Err(error_frame("Received command after DISCONNECT."));
+            return Err(fail("Received command after DISCONNECT."));
         }
         match frame.command.as_str() {
-            "SEND" => self.on_send(frame).await.map(|()| None),
-            "CONNECT" | "STOMP" => Err(error_frame("Received CONNECT command more than once.")),
+            "SEND" => self.on_send(frame).await,
+            "CONNECT" | "STOMP" => Err(fail("Received CONNECT command more than once.")),
             "DISCONNECT" => match frame.get("receipt") {
-                None => {
-                    let _ = SinkExt::<StompItem>::close(framed).await;
-                    Ok(Some(Ok(())))
-                }
+                None => Err(End::Closed),
                 Some(receipt) if self.confirms.is_empty() => {
                     let _ = framed.send(receipt_frame(receipt)).await;
-                    let _ = SinkExt::<StompItem>::close(framed).await;
-                    Ok(Some(Ok(())))
+                    Err(End::Closed)
                 }
                 Some(receipt) => {
                     self.disconnect = Some(receipt.to_string());
-                    Ok(None)
+                    Ok(())
                 }
             },
-            other => Err(error_frame(&format!("Received unexpected command \"{other}\"."))),
+            other => Err(fail(&format!("Received unexpected command \"{other}\"."))),
         }
     }
 
-    async fn on_send(&mut self, frame: Frame) -> Result<(), Frame> {
+    async fn on_send(&mut self, frame: Frame) -> Result<(), End> {
         let content_type = frame
             .get("content-type")
             .unwrap_or("application/octet-stream")
@@ -491,7 +501,7 @@ impl<'a> Session<'a> {
             }
         }
         if let Some(name) = missing {
-            return Err(error_frame(&format!("SEND command without a {name} header.")));
+            return Err(fail(&format!("SEND command without a {name} header.")));
         }
         let receipt = frame.get("receipt").unwrap_or_default().to_string();
         let msg_type = frame.get("type").unwrap_or_default().to_string();
@@ -504,9 +514,7 @@ impl<'a> Session<'a> {
                 .body(frame.body.clone())
         };
         if destination != self.destination {
-            return Err(with_context(format!(
-                "Invalid SEND destination \"{destination}\"."
-            )));
+            return Err(with_context(format!("Invalid SEND destination \"{destination}\".")).into());
         }
         let publication = match smp_json::server_process(
             &self.ctx.node,
@@ -523,7 +531,7 @@ impl<'a> Session<'a> {
                 }
                 let error = with_context(e.to_string());
                 if self.confirms.is_empty() {
-                    return Err(error);
+                    return Err(error.into());
                 }
                 // Receipt what came before, then the ERROR.
                 self.pending_error = Some(error);
@@ -539,7 +547,7 @@ impl<'a> Session<'a> {
         let publisher = self
             .publisher
             .as_ref()
-            .ok_or_else(|| error_frame("Internal server error."))?;
+            .ok_or_else(|| fail("Internal server error."))?;
         let confirm = publisher.publish(&OutMessage {
             exchange: self.ctx.node.node_type.in_exchange(),
             routing_key: &publication.routing_key,

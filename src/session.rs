@@ -19,18 +19,6 @@ pub struct Timing {
     pub connect_timeout: Duration,
 }
 
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            heartbeat_send: Duration::from_millis(5000),
-            heartbeat_recv: Duration::from_millis(30000),
-            network_delay: Duration::from_secs(10),
-            watchdog_every: Duration::from_secs(5),
-            connect_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
 impl Timing {
     /// Our `heart-beat` header value.
     pub fn offer(&self) -> String {
@@ -108,7 +96,13 @@ mod tests {
 
     #[test]
     fn heartbeat_negotiation() {
-        let t = Timing::default();
+        let t = Timing {
+            heartbeat_send: Duration::from_millis(5000),
+            heartbeat_recv: Duration::from_millis(30000),
+            network_delay: Duration::from_secs(10),
+            watchdog_every: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+        };
         assert_eq!(t.offer(), "5000,30000");
         let ms = |v| Some(Duration::from_millis(v));
         assert_eq!(t.negotiate((0, 0)), (None, None));

@@ -94,19 +94,17 @@ async fn every_session_error_and_receipt_order() {
     let (_conn, ch) = vhost.channel().await;
     sink_queue(&ch, "accounts_in", "aa_received").await;
     let port = net_port(&net);
-    let _server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
+    let _server = aa_server(
+        &net,
+        port,
         &vhost.url,
         &[
-            ("SWPT_SERVER_PORT", &port.to_string()),
             ("APP_STOMP_NETWORK_DELAY_MS", "500"),
             ("APP_STOMP_WATCHDOG_MS", "200"),
             ("APP_STOMP_HEARTBEAT_RECV_MS", "500"),
         ],
-    );
-    wait_port(port).await;
+    )
+    .await;
 
     let msg = |f: &Frame| f.get("message").unwrap_or("").to_string();
     let good = masqueraded(1);
@@ -269,6 +267,17 @@ async fn every_session_error_and_receipt_order() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// Starts the AA's swpt-server on `port` with `env` added, and waits
+/// until it listens.
+async fn aa_server(net: &Devnet, port: u16, broker: &str, env: &[(&str, &str)]) -> Proc {
+    let port_text = port.to_string();
+    let mut all = vec![("SWPT_SERVER_PORT", port_text.as_str())];
+    all.extend_from_slice(env);
+    let server = spawn("swpt-server", &[], &net.aa_dir, broker, &all);
+    wait_port(port).await;
+    server
+}
+
 fn net_port(net: &Devnet) -> u16 {
     let text = std::fs::read_to_string(net.ca_dir.join("peers/1234abcd/nodeinfo/stomp.toml")).unwrap();
     nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
@@ -279,17 +288,13 @@ async fn a_deactivated_peer_is_disconnected() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let port = net_port(&net);
-    let _server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
+    let _server = aa_server(
+        &net,
+        port,
         "amqp://guest:guest@127.0.0.1:5672",
-        &[
-            ("SWPT_SERVER_PORT", &port.to_string()),
-            ("APP_PEERS_CHECK_SECONDS", "1"),
-        ],
-    );
-    wait_port(port).await;
+        &[("APP_PEERS_CHECK_SECONDS", "1")],
+    )
+    .await;
     let mut c = dial(&net, port).await;
     c.send(connect_frame()).await.unwrap();
     assert_eq!(next_frame(&mut c).await.unwrap().command, "CONNECTED");
@@ -313,19 +318,17 @@ async fn heart_beats_connect_deadline_and_connection_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let port = net_port(&net);
-    let _server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
+    let _server = aa_server(
+        &net,
+        port,
         "amqp://guest:guest@127.0.0.1:5672",
         &[
-            ("SWPT_SERVER_PORT", &port.to_string()),
             ("APP_STOMP_HEARTBEAT_SEND_MS", "100"),
             ("APP_STOMP_CONNECT_TIMEOUT_MS", "500"),
             ("APP_MAX_CONNECTIONS_PER_PEER", "2"),
         ],
-    );
-    wait_port(port).await;
+    )
+    .await;
 
     // We want heart-beats every 200 ms: the server sends them every
     // max(100, 200) ms.
@@ -375,17 +378,13 @@ async fn unpublishable_sends_are_never_receipted() {
     let good = masqueraded(1);
 
     // No broker at all.
-    let down = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
+    let down = aa_server(
+        &net,
+        port,
         "amqp://guest:guest@127.0.0.1:1",
-        &[
-            ("SWPT_SERVER_PORT", &port.to_string()),
-            ("APP_RMQ_CONNECTION_TIMEOUT_SECONDS", "2"),
-        ],
-    );
-    wait_port(port).await;
+        &[("APP_RMQ_CONNECTION_TIMEOUT_SECONDS", "2")],
+    )
+    .await;
     let e = error_for(&net, port, true, vec![send_frame("1", &good)]).await;
     assert_eq!(e.get("message"), Some("Internal server error."));
     drop(down);
@@ -405,14 +404,7 @@ async fn unpublishable_sends_are_never_receipted() {
     )
     .await
     .unwrap();
-    let _up = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        &vhost.url,
-        &[("SWPT_SERVER_PORT", &port.to_string())],
-    );
-    wait_port(port).await;
+    let _up = aa_server(&net, port, &vhost.url, &[]).await;
     let e = error_for(&net, port, true, vec![send_frame("2", &good)]).await;
     assert_eq!(e.get("message"), Some("Internal server error."));
 }

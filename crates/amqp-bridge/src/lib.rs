@@ -274,14 +274,12 @@ pub struct InMessage {
     /// The AMQP `content_type` property (empty when absent).
     pub content_type: String,
     pub body: Vec<u8>,
-    pub redelivered: bool,
 }
 
 /// A consumer of one queue with a prefetch window.
 pub struct Consumer {
     channel: Channel,
     consumer: lapin::Consumer,
-    queue: String,
 }
 
 /// Fails with [`BridgeError::NoQueue`] unless `queue` exists (a passive
@@ -322,16 +320,7 @@ impl Consumer {
         let consumer = channel
             .basic_consume(queue, "", BasicConsumeOptions::default(), FieldTable::default())
             .await?;
-        Ok(Consumer {
-            channel,
-            consumer,
-            queue: queue.to_string(),
-        })
-    }
-
-    /// The queue's name.
-    pub fn queue(&self) -> &str {
-        &self.queue
+        Ok(Consumer { channel, consumer })
     }
 
     /// The next delivery; an error when the channel or consumer is gone.
@@ -352,7 +341,6 @@ impl Consumer {
                     .map(|s| s.to_string())
                     .unwrap_or_default(),
                 body: d.data,
-                redelivered: d.redelivered,
             }),
             Some(Err(e)) => Err(e.into()),
             None => Err(BridgeError::ConsumerClosed),
