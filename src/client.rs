@@ -321,6 +321,81 @@ impl AckBatch {
     }
 }
 
+/// Handles a frame from the server after CONNECTED: a RECEIPT confirms
+/// (and, in batches, acks) everything sent up to it; anything else ends
+/// the link (`Some`).
+fn on_server_frame(
+    f: &Frame,
+    inflight: &mut VecDeque<u64>,
+    acks: &mut AckBatch,
+    consumer: &Consumer,
+    queue: &str,
+) -> Option<LinkEnd> {
+    match f.command.as_str() {
+        "RECEIPT" => {
+            let Some(tag) = f.get("receipt-id").and_then(|r| r.parse::<u64>().ok()) else {
+                return Some(LinkEnd::Retry("RECEIPT command without a receipt ID.".into()));
+            };
+            if !inflight.contains(&tag) {
+                return Some(LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}")));
+            }
+            while inflight.front().is_some_and(|t| *t <= tag) {
+                inflight.pop_front();
+                acks.receipted(tag);
+            }
+            if acks.full() || inflight.is_empty() {
+                acks.flush(consumer);
+            }
+            None
+        }
+        "ERROR" => {
+            let message = f.get("message").unwrap_or("");
+            // An ERROR about one of our messages (it names its receipt)
+            // would come back for that message on every link: dead-letter
+            // it, so the link goes on.
+            let refused = f.get("receipt-id").and_then(|r| r.parse::<u64>().ok());
+            if let Some(tag) = refused.filter(|t| inflight.contains(t)) {
+                tracing::error!(
+                    delivery_tag = tag,
+                    "the server refused a message, rejecting it to {queue}.XQ: {message}"
+                );
+                consumer.reject(tag);
+            }
+            Some(LinkEnd::Retry(format!("Received server error \"{message}\".")))
+        }
+        "CONNECTED" => Some(LinkEnd::Retry(
+            "Received CONNECTED command more than once.".into(),
+        )),
+        other => Some(LinkEnd::Retry(format!(
+            "Received unexpected command \"{other}\"."
+        ))),
+    }
+}
+
+/// After a failed write, reads what the server sent before it closed (a
+/// RECEIPT to ack, an ERROR naming a message), for a second at most.
+/// Otherwise a server that answered a SEND with ERROR and closed would
+/// have its RECEIPT and ERROR lost: duplicates, and a link stuck on the
+/// refused message.
+async fn after_write_failure(
+    framed: &mut Conn,
+    inflight: &mut VecDeque<u64>,
+    acks: &mut AckBatch,
+    consumer: &Consumer,
+    queue: &str,
+    why: String,
+) -> LinkEnd {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(Ok(item))) = tokio::time::timeout_at(deadline, framed.next()).await {
+        if let StompItem::Frame(f) = item {
+            if let Some(end) = on_server_frame(&f, inflight, acks, consumer, queue) {
+                return end;
+            }
+        }
+    }
+    LinkEnd::Retry(why)
+}
+
 /// The SEND frame for one delivery, after the client-side rules.
 fn outgoing(
     node: &NodeData,
@@ -389,7 +464,8 @@ async fn stream(
                     match outgoing(node, peer, &destination, &m) {
                         Ok(frame) => {
                             if let Err(e) = framed.feed(frame).await {
-                                return LinkEnd::Retry(format!("sending failed: {e}"));
+                                let why = format!("sending failed: {e}");
+                                return after_write_failure(framed, &mut inflight, acks, consumer, &s.queue, why).await;
                             }
                             inflight.push_back(m.delivery_tag);
                         }
@@ -408,7 +484,8 @@ async fn stream(
                     }
                 }
                 if let Err(e) = SinkExt::<Frame>::flush(framed).await {
-                    return LinkEnd::Retry(format!("sending failed: {e}"));
+                    let why = format!("sending failed: {e}");
+                    return after_write_failure(framed, &mut inflight, acks, consumer, &s.queue, why).await;
                 }
             }
             item = framed.next() => {
@@ -417,50 +494,21 @@ async fn stream(
                     None => return LinkEnd::Retry("the server closed the connection".into()),
                     Some(Err(e)) => return LinkEnd::Retry(format!("protocol error: {e}")),
                     Some(Ok(StompItem::HeartBeat)) => {}
-                    Some(Ok(StompItem::Frame(f))) => match f.command.as_str() {
-                        "RECEIPT" => {
-                            let Some(tag) = f.get("receipt-id").and_then(|r| r.parse::<u64>().ok()) else {
-                                return LinkEnd::Retry("RECEIPT command without a receipt ID.".into());
-                            };
-                            if !inflight.contains(&tag) {
-                                return LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}"));
-                            }
-                            while inflight.front().is_some_and(|t| *t <= tag) {
-                                inflight.pop_front();
-                                acks.receipted(tag);
-                            }
-                            if acks.full() || inflight.is_empty() {
-                                acks.flush(consumer);
-                            }
-                            if disconnecting.is_some() && inflight.is_empty() {
-                                return LinkEnd::Shutdown;
-                            }
+                    Some(Ok(StompItem::Frame(f))) => {
+                        if let Some(end) = on_server_frame(&f, &mut inflight, acks, consumer, &s.queue) {
+                            return end;
                         }
-                        "ERROR" => {
-                            let message = f.get("message").unwrap_or("");
-                            // An ERROR about one of our messages (it names its
-                            // receipt) would come back for that message on every
-                            // link: dead-letter it, so the link goes on.
-                            let refused = f.get("receipt-id").and_then(|r| r.parse::<u64>().ok());
-                            if let Some(tag) = refused.filter(|t| inflight.contains(t)) {
-                                tracing::error!(
-                                    delivery_tag = tag,
-                                    "the server refused a message, rejecting it to {}.XQ: {message}",
-                                    s.queue
-                                );
-                                consumer.reject(tag);
-                            }
-                            return LinkEnd::Retry(format!("Received server error \"{message}\"."));
+                        if disconnecting.is_some() && inflight.is_empty() {
+                            return LinkEnd::Shutdown;
                         }
-                        "CONNECTED" => return LinkEnd::Retry("Received CONNECTED command more than once.".into()),
-                        other => return LinkEnd::Retry(format!("Received unexpected command \"{other}\".")),
-                    },
+                    }
                 }
             }
             _ = acks.deadline() => acks.flush(consumer),
             _ = heartbeat.tick(), if send_every.is_some() => {
-                if framed.send(StompItem::HeartBeat).await.is_err() {
-                    return LinkEnd::Retry("the connection broke".into());
+                if let Err(e) = framed.send(StompItem::HeartBeat).await {
+                    let why = format!("sending a heart-beat failed: {e}");
+                    return after_write_failure(framed, &mut inflight, acks, consumer, &s.queue, why).await;
                 }
             }
             _ = watch.tick() => {

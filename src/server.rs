@@ -190,6 +190,13 @@ async fn close_with_error(framed: &mut Conn, frame: Frame) {
         let _ = SinkExt::<StompItem>::close(framed).await;
     })
     .await;
+    // Lingering close: read (and drop) what the peer still sends, for a
+    // second at most, so that closing does not reset the connection and
+    // destroy the ERROR (and the RECEIPT before it) in the peer's buffers.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = framed.next().await {}
+    })
+    .await;
 }
 
 async fn handle_connection(
@@ -363,6 +370,8 @@ impl<'a> Session<'a> {
             let reading = self.confirms.len() < self.ctx.buffer && self.pending_error.is_none();
             tokio::select! {
                 _ = self.shutdown.changed() => {
+                    // What is confirmed is receipted; nothing else is.
+                    receipts.send(framed).await?;
                     return Err(fail("The connection has been closed by the server."));
                 }
                 Some(confirmed) = self.confirms.next(), if !self.confirms.is_empty() => {
@@ -401,7 +410,14 @@ impl<'a> Session<'a> {
                         Some(Err(e)) => return Err(fail(&codec_error_text(&e))),
                         Some(Ok(StompItem::HeartBeat)) => {}
                         Some(Ok(StompItem::Frame(frame))) => {
-                            self.on_frame(frame, framed).await?;
+                            if let Err(end) = self.on_frame(frame, framed).await {
+                                // Receipt what is confirmed before the ERROR,
+                                // or the peer sends it again.
+                                if let End::Error(_) = end {
+                                    receipts.send(framed).await?;
+                                }
+                                return Err(end);
+                            }
                         }
                     }
                 }
