@@ -175,6 +175,26 @@ pub struct OutMessage<'a> {
     pub headers: &'a [(&'static str, HeaderValue)],
 }
 
+/// How every message is published: mandatory, so that an unroutable one
+/// comes back instead of vanishing.
+pub const PUBLISH_OPTIONS: BasicPublishOptions = BasicPublishOptions {
+    mandatory: true,
+    immediate: false,
+};
+
+impl OutMessage<'_> {
+    /// The AMQP properties the gateway publishes with: JSON content type,
+    /// the message type, persistent, `app_id` `swpt_stomp` and the headers.
+    pub fn properties(&self) -> BasicProperties {
+        BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_type(ShortString::from(self.msg_type))
+            .with_delivery_mode(2)
+            .with_app_id(ShortString::from("swpt_stomp"))
+            .with_headers(headers_table(self.headers))
+    }
+}
+
 /// A publisher with confirms on its own channel.
 pub struct Publisher {
     channel: Channel,
@@ -202,23 +222,14 @@ impl Publisher {
     /// fails on a nack, a return, a broken channel or the confirmation
     /// timeout.
     pub fn publish(&self, m: &OutMessage<'_>) -> PendingConfirm {
-        let props = BasicProperties::default()
-            .with_content_type(ShortString::from("application/json"))
-            .with_type(ShortString::from(m.msg_type))
-            .with_delivery_mode(2)
-            .with_app_id(ShortString::from("swpt_stomp"))
-            .with_headers(headers_table(m.headers));
+        let props = m.properties();
         let channel = self.channel.clone();
         let timeout = self.confirm_timeout;
         let exchange = m.exchange.to_string();
         let routing_key = m.routing_key.to_string();
         let body = m.body.to_vec();
         let mut pending: PendingConfirm = Box::pin(async move {
-            let options = BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            };
-            let sent = channel.basic_publish(&exchange, &routing_key, options, &body, props);
+            let sent = channel.basic_publish(&exchange, &routing_key, PUBLISH_OPTIONS, &body, props);
             let confirmed = async move { sent.await?.await };
             match tokio::time::timeout(timeout, confirmed).await {
                 Err(_) => Err(BridgeError::ConfirmTimeout(timeout)),

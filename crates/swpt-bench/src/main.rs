@@ -5,8 +5,11 @@
 //! ```text
 //!  demo / throughput / latency:
 //!    publisher ──> CA `creditors_out` ──> QUEUE ──> swpt-client ──TLS/STOMP──> swpt-server ──> AA `accounts_in` ──> bench.arrived
-//!  throughput also measures the broker's own limit:
-//!    bench.src ──> lapin consume + republish with confirms ──> bench.dst
+//!  throughput also measures the broker's own limit, in rounds that
+//!  alternate with the gateway's:
+//!    bench.src ──> lapin consume + republish with confirms ──> bench.dst_x ──> bench.dst
+//!    (republished with the routing key and properties the server would
+//!    use, so that RabbitMQ does the same work on both paths)
 //!  scale: N in-process STOMP peers ──TLS──> one swpt-server
 //! ```
 
@@ -64,6 +67,10 @@ enum Cmd {
         /// The gateway's buffers and the broker loop's window.
         #[arg(short = 'b', long, default_value_t = 100)]
         buffer: usize,
+        /// Rounds (each: the limit loop, then the gateway); the figures
+        /// printed are the medians.
+        #[arg(short = 'r', long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Publish-to-arrival latency at a low steady rate.
     Latency {
@@ -134,6 +141,22 @@ pub fn proc_stats(pid: u32) -> (f64, u64) {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     (cpu / ticks, hwm)
+}
+
+/// The local RabbitMQ's Erlang VM (`beam.smp`), when it runs on this
+/// machine and its /proc entry is readable: its CPU time shows what the
+/// broker spends on each path.
+fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        (comm.trim() == "beam.smp").then_some(pid)
+    })
+}
+
+/// CPU seconds of the broker so far (0 when it is not local).
+fn broker_cpu(pid: Option<u32>) -> f64 {
+    pid.map(|p| proc_stats(p).0).unwrap_or(0.0)
 }
 
 pub fn rss_kib(pid: u32) -> u64 {
@@ -399,23 +422,52 @@ fn start_client(g: &Gateway, broker: &str, buffer: usize) -> anyhow::Result<Proc
     )
 }
 
-/// Waits for `n` arrivals; returns the time from `start` to the last.
-async fn arrivals(ch: &Channel, n: u64, mut progress: Option<Progress>) -> anyhow::Result<Instant> {
+/// The times of the first and the last of `n` arrivals.
+struct Span {
+    first: Instant,
+    last: Instant,
+}
+
+impl Span {
+    /// Messages per second from the first arrival to the last: start-up
+    /// (process start, TLS handshake, consumer set-up) is left out.
+    fn rate(&self, n: u64) -> f64 {
+        n.saturating_sub(1) as f64 / (self.last - self.first).as_secs_f64().max(1e-9)
+    }
+}
+
+/// Waits for `n` arrivals in [`ARRIVED`].
+async fn arrivals(ch: &Channel, n: u64, mut progress: Option<Progress>) -> anyhow::Result<Span> {
     let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
+    count_arrivals(&mut consumer, n, &mut progress).await
+}
+
+/// Counts `n` deliveries of an auto-ack consumer.
+async fn count_arrivals(
+    consumer: &mut lapin::Consumer,
+    n: u64,
+    progress: &mut Option<Progress>,
+) -> anyhow::Result<Span> {
     let mut done = 0;
+    let mut first = None;
     while done < n {
         match tokio::time::timeout(Duration::from_secs(60), consumer.next()).await {
             Ok(Some(Ok(_))) => {
+                first.get_or_insert_with(Instant::now);
                 done += 1;
                 if let Some(p) = progress.as_mut() {
                     p.show(done);
                 }
             }
-            Ok(_) => bail!("the consumer of {ARRIVED} ended"),
+            Ok(_) => bail!("the consumer ended"),
             Err(_) => bail!("no message arrived for 60 s ({done} of {n})"),
         }
     }
-    Ok(Instant::now())
+    let last = Instant::now();
+    Ok(Span {
+        first: first.unwrap_or(last),
+        last,
+    })
 }
 
 async fn demo(broker: &str, count: u64, keep: bool) -> anyhow::Result<()> {
@@ -432,8 +484,8 @@ async fn demo(broker: &str, count: u64, keep: bool) -> anyhow::Result<()> {
     fill(&pub_ch, "creditors_out", CA_KEY, count, 100).await?;
     let start = Instant::now();
     let mut client = start_client(&g, broker, 100)?;
-    let end = arrivals(&ch, count, Some(Progress::new(count))).await?;
-    let secs = (end - start).as_secs_f64();
+    let span = arrivals(&ch, count, Some(Progress::new(count))).await?;
+    let secs = (span.last - start).as_secs_f64();
     println!("messages: {count}");
     println!("seconds: {secs:.2}");
     println!("messages per second: {:.0}", count as f64 / secs);
@@ -447,12 +499,30 @@ async fn demo(broker: &str, count: u64, keep: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The broker's own limit: consume and republish with confirms. Returns
-/// messages per second and this process's CPU µs per message (what lapin
-/// alone costs for one consume and one confirmed publish).
-async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> anyhow::Result<(f64, f64)> {
+const LIMIT_EXCHANGE: &str = "bench.dst_x";
+
+/// The broker's own limit: consume and republish with confirms, each
+/// message published as the gateway's server publishes it (`like`: its
+/// routing key, headers and properties, mandatory) to a topic exchange
+/// bound as `accounts_in` is. Returns messages per second, this process's
+/// CPU µs per message (what lapin alone costs for one consume and one
+/// confirmed publish, plus draining the destination) and the broker's.
+async fn broker_limit(
+    conn: &lapin::Connection,
+    like: &smp_json::Publication,
+    count: u64,
+    window: usize,
+) -> anyhow::Result<Figures> {
+    let props = amqp_bridge::OutMessage {
+        exchange: LIMIT_EXCHANGE,
+        routing_key: &like.routing_key,
+        msg_type: like.msg_type.as_str(),
+        body: &like.body,
+        headers: &like.headers,
+    }
+    .properties();
     let ch = conn.create_channel().await?;
-    declare_sink(&ch, "bench.dst_x", "bench.dst").await?;
+    declare_sink(&ch, LIMIT_EXCHANGE, "bench.dst").await?;
     ch.queue_declare(
         "bench.src",
         QueueDeclareOptions {
@@ -471,6 +541,14 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
         .await?;
     let dst = conn.create_channel().await?;
     dst.confirm_select(ConfirmSelectOptions::default()).await?;
+    // The destination is drained as the gateway's is (by an auto-ack
+    // consumer), so that the broker does the same work on both paths.
+    let sink = conn.create_channel().await?;
+    let mut drain = auto_ack_consumer(&sink, "bench.dst").await?;
+    let drained = tokio::spawn(async move { count_arrivals(&mut drain, count, &mut None).await });
+    let broker = broker_pid();
+    let (cpu0, broker0) = (proc_stats(std::process::id()).0, broker_cpu(broker));
+
     let mut consumer = src
         .basic_consume(
             "bench.src",
@@ -479,22 +557,6 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
             FieldTable::default(),
         )
         .await?;
-    // The destination is drained as the gateway's is (by an auto-ack
-    // consumer), so that the broker does the same work on both paths.
-    let sink = conn.create_channel().await?;
-    let mut drain = auto_ack_consumer(&sink, "bench.dst").await?;
-    let drained = tokio::spawn(async move {
-        let mut n = 0u64;
-        while n < count {
-            match drain.next().await {
-                Some(Ok(_)) => n += 1,
-                _ => break,
-            }
-        }
-        n
-    });
-    let start = Instant::now();
-    let (cpu0, _) = proc_stats(std::process::id());
     let mut pending = FuturesOrdered::new();
     let mut done = 0;
     let mut consumed = 0;
@@ -516,55 +578,183 @@ async fn broker_limit(conn: &lapin::Connection, count: u64, window: usize) -> an
                 let d = d.context("consumer ended")??;
                 consumed += 1;
                 let c = dst
-                    .basic_publish("bench.dst_x", "a.b", BasicPublishOptions::default(), &d.data, persistent("PrepareTransfer"))
+                    .basic_publish(LIMIT_EXCHANGE, &like.routing_key, amqp_bridge::PUBLISH_OPTIONS, &d.data, props.clone())
                     .await?;
                 let tag = d.delivery_tag;
                 pending.push_back(async move { (tag, c.await) });
             }
         }
     }
-    let _ = drained.await;
-    let rate = count as f64 / start.elapsed().as_secs_f64();
-    let (cpu1, _) = proc_stats(std::process::id());
+    let span = drained.await??;
+    let (cpu1, broker1) = (proc_stats(std::process::id()).0, broker_cpu(broker));
+
     for q in ["bench.src", "bench.dst"] {
         let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
     }
-    Ok((rate, (cpu1 - cpu0) * 1e6 / count as f64))
+    let per = |cpu: f64| cpu * 1e6 / count as f64;
+    Ok(Figures {
+        rate: span.rate(count),
+        cpu: vec![per(cpu1 - cpu0)],
+        broker: per(broker1 - broker0),
+    })
 }
 
-async fn throughput(broker: &str, count: u64, buffer: usize) -> anyhow::Result<()> {
-    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
-    eprintln!("measuring the broker's own limit ({count} messages, window {buffer})");
-    let (limit, loop_cpu) = broker_limit(&conn, count, buffer).await?;
+/// What the AA's server publishes for the bench's messages, by its own
+/// rules (`smp_json::server_process`): the limit loop republishes with
+/// this routing key and these properties, so that the broker does the same
+/// work on both paths. It matters: routing a 24-word sharding key through
+/// a topic exchange costs RabbitMQ far more than a short key does.
+async fn server_publication(net: &Devnet) -> anyhow::Result<smp_json::Publication> {
+    let db = nodedata::NodeDatabase::open_dir(&net.aa_dir, Default::default());
+    let node = db.node_data().await?;
+    let peer = db
+        .peer_data(&net.ca_id)
+        .await?
+        .context("the generated AA has no CA peer")?;
+    // The body as the CA's client sends it.
+    let ca = nodedata::NodeDatabase::open_dir(&net.ca_dir, Default::default());
+    let aa_peer = ca
+        .peer_data(&net.aa_id)
+        .await?
+        .context("the generated CA has no AA peer")?;
+    let sent = smp_json::client_process(
+        &*ca.node_data().await?,
+        &aa_peer,
+        "PrepareTransfer",
+        "application/json",
+        &prepare_transfer(0),
+    )?;
+    Ok(smp_json::server_process(
+        &node,
+        &peer,
+        "PrepareTransfer",
+        "application/json",
+        &sent.to_json(),
+        smp_json::now_micros(),
+    )?)
+}
 
+/// One path's figures: msg/s, CPU µs per message of its own processes,
+/// and of the broker (0 when the broker is not local).
+struct Figures {
+    rate: f64,
+    cpu: Vec<f64>,
+    broker: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The gateway's path once: fills the CA's queue, starts a client and
+/// counts the arrivals; the server keeps running between rounds.
+async fn gateway_round(
+    broker: &str,
+    conn: &lapin::Connection,
+    ch: &Channel,
+    g: &Gateway,
+    count: u64,
+    buffer: usize,
+) -> anyhow::Result<(Figures, u64)> {
+    let pub_ch = conn.create_channel().await?;
+    fill(&pub_ch, "creditors_out", CA_KEY, count, buffer).await?;
+    let _ = pub_ch.close(200, "filled").await;
+    let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
+    let broker_proc = broker_pid();
+    let (server0, broker0) = (g.server.stats().0, broker_cpu(broker_proc));
+
+    let mut client = start_client(g, broker, buffer)?;
+    let span = count_arrivals(&mut consumer, count, &mut None).await?;
+    let (server1, broker1) = (g.server.stats().0, broker_cpu(broker_proc));
+    let (client_cpu, client_rss) = client.stats();
+
+    client.stop();
+    let _ = ch
+        .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+        .await;
+    let per = |cpu: f64| cpu * 1e6 / count as f64;
+    Ok((
+        Figures {
+            rate: span.rate(count),
+            cpu: vec![per(server1 - server0), per(client_cpu)],
+            broker: per(broker1 - broker0),
+        },
+        client_rss,
+    ))
+}
+
+async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> anyhow::Result<()> {
+    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
     let ch = conn.create_channel().await?;
     let dir = std::env::temp_dir().join(format!("swpt-bench-{}", std::process::id()));
     let g = gateway(broker, &ch, dir.clone(), buffer).await?;
-    eprintln!("filling the client queue with {count} messages");
-    let pub_ch = conn.create_channel().await?;
-    fill(&pub_ch, "creditors_out", CA_KEY, count, buffer).await?;
-    let (server_cpu0, _) = g.server.stats();
-    let start = Instant::now();
-    let client = start_client(&g, broker, buffer)?;
-    let end = arrivals(&ch, count, None).await?;
-    let secs = (end - start).as_secs_f64();
-    let (server_cpu, server_rss) = g.server.stats();
-    let (client_cpu, client_rss) = client.stats();
-    let rate = count as f64 / secs;
-    println!("broker limit (consume + republish with confirms): {limit:.0} msg/s");
-    println!("CPU per message of that lapin loop (one process): {loop_cpu:.1} us");
-    println!("gateway (swpt-client -> swpt-server over TLS): {rate:.0} msg/s");
-    println!("ratio gateway / broker limit: {:.2}", rate / limit);
-    let per = |cpu: f64| cpu * 1e6 / count as f64;
+    let like = server_publication(&g.net).await?;
+    let (mut limits, mut rates, mut ratios) = (vec![], vec![], vec![]);
+    let (mut loop_cpu, mut server_cpu, mut client_cpu) = (vec![], vec![], vec![]);
+    let (mut broker_loop, mut broker_gw) = (vec![], vec![]);
+    let mut client_rss = 0;
+    for round in 1..=rounds.max(1) {
+        eprintln!(
+            "round {round}: the broker's own limit ({count} messages, window {buffer}), then the gateway"
+        );
+        let limit = broker_limit(&conn, &like, count, buffer).await?;
+        let (gw, rss) = gateway_round(broker, &conn, &ch, &g, count, buffer).await?;
+        eprintln!(
+            "round {round}: limit {:.0} msg/s, gateway {:.0} msg/s, ratio {:.2}",
+            limit.rate,
+            gw.rate,
+            gw.rate / limit.rate
+        );
+        limits.push(limit.rate);
+        rates.push(gw.rate);
+        ratios.push(gw.rate / limit.rate);
+        loop_cpu.push(limit.cpu[0]);
+        server_cpu.push(gw.cpu[0]);
+        client_cpu.push(gw.cpu[1]);
+        broker_loop.push(limit.broker);
+        broker_gw.push(gw.broker);
+        client_rss = client_rss.max(rss);
+    }
+    let (_, server_rss) = g.server.stats();
+    let (server, client) = (median(server_cpu), median(client_cpu));
     println!(
-        "CPU per message (server + client): {:.1} us (server {:.1}, client {:.1})",
-        per((server_cpu - server_cpu0) + client_cpu),
-        per(server_cpu - server_cpu0),
-        per(client_cpu)
+        "{count} messages, buffer {buffer}, medians of {} rounds:",
+        rates.len()
     );
+    println!(
+        "broker limit (consume + republish with confirms): {:.0} msg/s",
+        median(limits)
+    );
+    println!(
+        "gateway (swpt-client -> swpt-server over TLS): {:.0} msg/s",
+        median(rates)
+    );
+    println!(
+        "ratio gateway / broker limit: {:.2} (median of the rounds' ratios)",
+        median(ratios)
+    );
+    println!(
+        "CPU per message (server + client): {:.1} us (server {server:.1}, client {client:.1})",
+        server + client
+    );
+    println!(
+        "CPU per message of the limit loop (one process): {:.1} us",
+        median(loop_cpu)
+    );
+    if broker_pid().is_some() {
+        println!(
+            "RabbitMQ CPU per message: {:.1} us on the gateway's path, {:.1} us on the loop's",
+            median(broker_gw),
+            median(broker_loop)
+        );
+    }
     println!("peak RSS swpt-server: {:.1} MiB", server_rss as f64 / 1024.0);
     println!("peak RSS swpt-client: {:.1} MiB", client_rss as f64 / 1024.0);
-    drop(client);
     drop(g);
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
@@ -670,7 +860,11 @@ fn main() -> anyhow::Result<()> {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Demo { count, keep } => demo(&cli.broker_url, count, keep).await,
-        Cmd::Throughput { count, buffer } => throughput(&cli.broker_url, count, buffer).await,
+        Cmd::Throughput {
+            count,
+            buffer,
+            rounds,
+        } => throughput(&cli.broker_url, count, buffer, rounds).await,
         Cmd::Latency { count, rate } => latency(&cli.broker_url, count, rate).await,
         Cmd::Scale {
             peers,
