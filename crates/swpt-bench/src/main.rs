@@ -572,16 +572,32 @@ async fn broker_limit(
                     last = tag;
                     done += 1;
                 }
-                src.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+                // Queued at once, the socket write not awaited (as the
+                // gateway's client acks).
+                let src = src.clone();
+                let mut ack = Box::pin(async move { src.basic_ack(last, BasicAckOptions { multiple: true }).await });
+                match futures::FutureExt::now_or_never(&mut ack) {
+                    Some(r) => r?,
+                    None => {
+                        tokio::spawn(ack);
+                    }
+                }
             }
             d = consumer.next(), if consumed < count => {
                 let d = d.context("consumer ended")??;
                 consumed += 1;
-                let c = dst
-                    .basic_publish(LIMIT_EXCHANGE, &like.routing_key, amqp_bridge::PUBLISH_OPTIONS, &d.data, props.clone())
-                    .await?;
-                let tag = d.delivery_tag;
-                pending.push_back(async move { (tag, c.await) });
+                // Pipelined as the gateway's publisher is: the first poll
+                // queues the frames, the socket write is not awaited here.
+                let (dst, key, props, tag) = (dst.clone(), like.routing_key.clone(), props.clone(), d.delivery_tag);
+                let mut publish: futures::future::BoxFuture<'static, _> = Box::pin(async move {
+                    dst.basic_publish(LIMIT_EXCHANGE, &key, amqp_bridge::PUBLISH_OPTIONS, &d.data, props)
+                        .await?
+                        .await
+                });
+                let first = futures::FutureExt::now_or_never(&mut publish);
+                pending.push_back(async move {
+                    (tag, match first { Some(done) => done, None => publish.await })
+                });
             }
         }
     }
