@@ -194,7 +194,7 @@ pub fn spawn(
         .env("PROTOCOL_BROKER_URL", broker)
         .env("SWPT_SERVER_CERT", node.join("server.crt"))
         .env("SWPT_SERVER_KEY", node.join("server.key"))
-        .env("APP_LOG_LEVEL", "warning");
+        .env("APP_LOG_LEVEL", "error");
     for (k, v) in env {
         cmd.env(k, v);
     }
