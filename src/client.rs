@@ -15,6 +15,7 @@
 //! the consumer channel is closed (RabbitMQ redelivers what was not
 //! acked) and a new link is made after a capped, jittered back-off.
 
+use crate::backoff::Backoff;
 use crate::config::Internal;
 use crate::session::{parse_heartbeat, Timing, Watchdog};
 use crate::tls::client_config;
@@ -71,7 +72,7 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
     let key = crate::tls::load_key(&s.server_key).map_err(anyhow::Error::from)?;
     let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
     let timing = s.internal.timing();
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new();
     let mut checked_queue = false;
     loop {
         // The peer is read afresh for every link: a changed manifest or
@@ -107,17 +108,12 @@ pub async fn run(s: ClientSettings, mut shutdown: watch::Receiver<bool>) -> Resu
                 return Err(e);
             }
             LinkEnd::Retry(why) => {
-                if started.elapsed() > Duration::from_secs(60) {
-                    backoff = Duration::from_millis(500);
-                }
-                let jitter = rand::thread_rng().gen_range(0.5..1.5);
-                let wait = backoff.mul_f64(jitter);
+                let wait = backoff.wait(started.elapsed());
                 tracing::warn!(
                     "link to peer {} ended: {why}; reconnecting in {:.1}s",
                     peer.node_id,
                     wait.as_secs_f64()
                 );
-                backoff = (backoff * 2).min(Duration::from_secs(60));
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => {

@@ -11,12 +11,16 @@
 //!
 //! Unlike the Python drainer, a message is acked only after its reply's
 //! publish is confirmed: a crash may duplicate a reply, never lose one.
+//! A broker failure ends one session; the drainer starts another after a
+//! back-off (see [`crate::backoff`]), as the client does.
 
+use crate::backoff::Backoff;
 use crate::config::Internal;
-use amqp_bridge::{Consumer, OutMessage, Publisher, SharedConnection};
+use amqp_bridge::{BridgeError, Consumer, OutMessage, Publisher, SharedConnection};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use nodedata::NodeDatabase;
+use nodedata::{NodeData, NodeDatabase, PeerData};
+use std::time::Instant;
 use tokio::sync::watch;
 
 /// What the drainer needs to run.
@@ -30,9 +34,11 @@ pub struct DrainerSettings {
     pub internal: Internal,
 }
 
-type Pending = futures::future::BoxFuture<'static, (u64, Result<(), amqp_bridge::BridgeError>)>;
+type Pending = futures::future::BoxFuture<'static, (u64, Result<(), BridgeError>)>;
 
-/// Runs until shutdown (an empty queue is waited on, not an end).
+/// Runs until shutdown (an empty queue is waited on, not an end). A
+/// broker failure ends one session: what it had not acked goes back to the
+/// queue, and a new session starts after a back-off.
 pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache())?;
     let node = db.node_data().await?;
@@ -44,29 +50,88 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
         anyhow::bail!("peer {} has not been deactivated", s.peer_id);
     }
     let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
+    match amqp_bridge::check_queue(&broker, &s.queue).await {
+        Err(e @ BridgeError::NoQueue(_)) => anyhow::bail!("{e} (run configure-queue first)"),
+        // The broker may come up later: the session loop retries.
+        Err(e) => tracing::warn!("{e}"),
+        Ok(()) => {}
+    }
+    tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
+    let mut backoff = Backoff::new();
+    loop {
+        let started = Instant::now();
+        match session(&s, &node, &peer, &broker, &mut shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                let wait = backoff.wait(started.elapsed());
+                tracing::warn!(
+                    "draining stopped: {e}; starting again in {:.1}s",
+                    wait.as_secs_f64()
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    broker.close().await;
+    tracing::info!("drainer stopped");
+    Ok(())
+}
+
+/// One broker session: consumes, replies and acks until shutdown
+/// (`Ok`) or a broker failure (`Err`, with the channels closed so that
+/// RabbitMQ redelivers what was not acked).
+async fn session(
+    s: &DrainerSettings,
+    node: &NodeData,
+    peer: &PeerData,
+    broker: &SharedConnection,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), BridgeError> {
     let prefetch = u16::try_from(s.client_buffer).unwrap_or(u16::MAX).max(1);
-    let mut consumer = Consumer::new(&broker, &s.queue, prefetch).await?;
-    let publisher = Publisher::new(&broker, s.internal.rmq_confirmation_timeout()).await?;
+    let mut consumer = Consumer::new(broker, &s.queue, prefetch).await?;
+    let publisher = match Publisher::new(broker, s.internal.rmq_confirmation_timeout()).await {
+        Ok(p) => p,
+        Err(e) => {
+            consumer.close().await;
+            return Err(e);
+        }
+    };
     let exchange = node.node_type.in_exchange();
     let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
     let window = s.server_buffer.max(1);
-    tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
-    loop {
+    let failure = loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => break None,
             Some((tag, result)) = pending.next(), if !pending.is_empty() => {
-                result.map_err(|e| anyhow::anyhow!("publishing a reply failed: {e}"))?;
+                if let Err(e) = result {
+                    break Some(e);
+                }
                 let mut last = tag;
+                let mut failed = None;
                 while let Some(Some((tag, result))) = pending.next().now_or_never() {
-                    result.map_err(|e| anyhow::anyhow!("publishing a reply failed: {e}"))?;
-                    last = tag;
+                    match result {
+                        Ok(()) => last = tag,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
                 consumer.ack_up_to(last);
+                if failed.is_some() {
+                    break failed;
+                }
             }
             delivery = consumer.next(), if pending.len() < window => {
-                let m = delivery?;
+                let m = match delivery {
+                    Ok(m) => m,
+                    Err(e) => break Some(e),
+                };
                 let tag = m.delivery_tag;
-                let msg = match smp_json::client_process(&node, &peer, &m.msg_type, &m.content_type, &m.body) {
+                let msg = match smp_json::client_process(node, peer, &m.msg_type, &m.content_type, &m.body) {
                     Ok(msg) => msg,
                     Err(e) => {
                         tracing::error!(delivery_tag = tag, "rejecting a message to {}.XQ: {e}", s.queue);
@@ -79,7 +144,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
                     pending.push_back(Box::pin(async move { (tag, Ok(())) }));
                     continue;
                 };
-                let publication = match smp_json::publication_from(&node, &peer, reply, smp_json::now_micros()) {
+                let publication = match smp_json::publication_from(node, peer, reply, smp_json::now_micros()) {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(delivery_tag = tag, "cannot build a reply, rejecting to {}.XQ: {e}", s.queue);
@@ -97,16 +162,19 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
                 pending.push_back(Box::pin(confirm.map(move |r| (tag, r))));
             }
         }
-    }
-    // Finish what is under way, then stop.
-    while let Some((tag, result)) = pending.next().await {
-        if result.is_ok() {
-            consumer.ack_up_to(tag);
+    };
+    if failure.is_none() {
+        // Shutdown: finish what is under way, acking what is confirmed.
+        while let Some((tag, result)) = pending.next().await {
+            if result.is_ok() {
+                consumer.ack_up_to(tag);
+            }
         }
     }
     consumer.close().await;
     publisher.close().await;
-    broker.close().await;
-    tracing::info!("drainer stopped");
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
 }

@@ -245,3 +245,51 @@ async fn aa_drains_a_generated_deactivated_ca_peer() {
     let vhost = Vhost::new("aadrain-gen");
     aa_drains(&net.aa_dir, net.deactivated_ca_id.as_deref().unwrap(), &vhost).await;
 }
+
+/// Restarts the broker's app: run alone (`cargo test -- --ignored
+/// --test-threads=1`, as scripts/test does). The drainer must not die with
+/// its broker connection: it starts a new session and answers what comes
+/// after the restart, without redelivering what it had acked before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts RabbitMQ; scripts/test runs it alone"]
+async fn drainer_outlives_a_broker_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let gone = net.deactivated_aa_id.clone().unwrap();
+    let vhost = Vhost::new("drain-restart");
+    let ca = serde_json::to_vec(&configure_account()).unwrap();
+    let mut drainer = {
+        let (_conn, ch) = vhost.channel().await;
+        sink_queue(&ch, "creditors_in", "ca_received").await;
+        declare_peer_queue(&ch, "to_gone").await;
+        publish(&ch, "", "to_gone", "ConfigureAccount", &ca).await;
+        let drainer = spawn("swpt-drainer", &[&gone, "to_gone"], &net.ca_dir, &vhost.url, &[]);
+        assert_eq!(
+            collect(&ch, "ca_received", 1, Duration::from_secs(30))
+                .await
+                .len(),
+            1
+        );
+        drainer
+    };
+    let run = |a: &str| std::process::Command::new("rabbitmqctl").arg(a).output().unwrap();
+    assert!(run("stop_app").status.success());
+    assert!(run("start_app").status.success());
+    let (_conn, ch) = vhost.channel().await;
+    publish(&ch, "", "to_gone", "ConfigureAccount", &ca).await;
+    let got = collect(&ch, "ca_received", 1, Duration::from_secs(60)).await;
+    let v: Value = serde_json::from_slice(&got[0].data).unwrap();
+    assert_eq!(v["type"], json!("RejectedConfig"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(message_count(&ch, "ca_received").await, 0, "one reply, no more");
+    assert_eq!(message_count(&ch, "to_gone").await, 0);
+    assert!(
+        drainer.0.try_wait().unwrap().is_none(),
+        "the drainer kept running"
+    );
+    drainer.sigterm();
+    let status = tokio::task::spawn_blocking(move || drainer.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success());
+}
