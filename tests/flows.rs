@@ -305,6 +305,91 @@ async fn server_killed_mid_stream_nothing_is_lost() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Restarts the broker's app under a running server and client: run alone
+/// (`cargo test -- --ignored --test-threads=1`, as scripts/test does).
+/// Both sides lose their AMQP connections mid-stream; the server refuses
+/// SENDs it cannot publish, the client reconnects by itself, and every
+/// message arrives at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "restarts RabbitMQ; scripts/test runs it alone"]
+async fn broker_restart_mid_stream_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net: Devnet = devnet(tmp.path());
+    let vhost = Vhost::new("broker-restart");
+    let port = port_of(&net.ca_dir, "1234abcd");
+    let env = [("SWPT_SERVER_PORT", port.to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    const N: i64 = 3000;
+    let id_of = |d: lapin::message::Delivery| -> i64 {
+        let v: Value = serde_json::from_slice(&d.data).unwrap();
+        v["coordinator_request_id"].as_i64().unwrap()
+    };
+    let mut seen = std::collections::HashSet::new();
+    let (_server, mut client) = {
+        let (_c, ch) = vhost.channel().await;
+        sink_queue(&ch, "accounts_in", "received").await;
+        assert!(
+            run("configure-queue", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url)
+                .status
+                .success()
+        );
+        let server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &env);
+        wait_port(port).await;
+        for i in 0..N {
+            let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
+            publish(
+                &ch,
+                "creditors_out",
+                "12.34.ab.cd.00.00.00.01",
+                "PrepareTransfer",
+                &body,
+            )
+            .await;
+        }
+        let client = spawn(
+            "swpt-client",
+            &["1234abcd", "to_aa"],
+            &net.ca_dir,
+            &vhost.url,
+            &[],
+        );
+        // Nothing is consumed before the restart (an auto-ack consumer
+        // would take messages with it): wait until part of the stream is in.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while message_count(&ch, "received").await < 300 {
+            assert!(tokio::time::Instant::now() < deadline, "the stream flows");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            message_count(&ch, "to_aa").await > 0,
+            "the restart must come mid-stream"
+        );
+        (server, client)
+    };
+    let ctl = |a: &str| std::process::Command::new("rabbitmqctl").arg(a).output().unwrap();
+    assert!(ctl("stop_app").status.success());
+    assert!(ctl("start_app").status.success());
+    let (_c, ch) = vhost.channel().await;
+    let mut received = Collector::new(&ch, "received").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while (seen.len() as i64) < N && tokio::time::Instant::now() < deadline {
+        if let Some(d) = received.next(Duration::from_secs(5)).await {
+            seen.insert(id_of(d));
+        }
+    }
+    assert_eq!(seen.len() as i64, N, "every message arrives after the restart");
+    assert_eq!(
+        message_count(&ch, "to_aa.XQ").await,
+        0,
+        "nothing was dead-lettered"
+    );
+    client.sigterm();
+    let status = tokio::task::spawn_blocking(move || client.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 #[test]
 fn help_shows_defaults_and_env_names() {
     for (bin_name, needles) in [
