@@ -610,7 +610,7 @@ async fn broker_limit(
     let per = |cpu: f64| cpu * 1e6 / count as f64;
     Ok(Figures {
         rate: span.rate(count),
-        cpu: vec![per(cpu1 - cpu0)],
+        cpu: per(cpu1 - cpu0),
         broker: per(broker1 - broker0),
     })
 }
@@ -650,12 +650,21 @@ async fn server_publication(net: &Devnet) -> anyhow::Result<smp_json::Publicatio
     )?)
 }
 
-/// One path's figures: msg/s, CPU µs per message of its own processes,
+/// One path's figures: msg/s, CPU µs per message of its own process(es),
 /// and of the broker (0 when the broker is not local).
 struct Figures {
     rate: f64,
-    cpu: Vec<f64>,
+    cpu: f64,
     broker: f64,
+}
+
+/// The gateway's round: its figures (CPU = server + client), each
+/// process's CPU µs per message, and the client's peak RSS (KiB).
+struct GatewayFigures {
+    path: Figures,
+    server_cpu: f64,
+    client_cpu: f64,
+    client_rss: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -676,7 +685,7 @@ async fn gateway_round(
     g: &Gateway,
     count: u64,
     buffer: usize,
-) -> anyhow::Result<(Figures, u64)> {
+) -> anyhow::Result<GatewayFigures> {
     let pub_ch = conn.create_channel().await?;
     fill(&pub_ch, "creditors_out", CA_KEY, count, buffer).await?;
     let _ = pub_ch.close(200, "filled").await;
@@ -694,14 +703,17 @@ async fn gateway_round(
         .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
         .await;
     let per = |cpu: f64| cpu * 1e6 / count as f64;
-    Ok((
-        Figures {
+    let (server_cpu, client_cpu) = (per(server1 - server0), per(client_cpu));
+    Ok(GatewayFigures {
+        path: Figures {
             rate: span.rate(count),
-            cpu: vec![per(server1 - server0), per(client_cpu)],
+            cpu: server_cpu + client_cpu,
             broker: per(broker1 - broker0),
         },
+        server_cpu,
+        client_cpu,
         client_rss,
-    ))
+    })
 }
 
 async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> anyhow::Result<()> {
@@ -719,22 +731,22 @@ async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> a
             "round {round}: the broker's own limit ({count} messages, window {buffer}), then the gateway"
         );
         let limit = broker_limit(&conn, &like, count, buffer).await?;
-        let (gw, rss) = gateway_round(broker, &conn, &ch, &g, count, buffer).await?;
+        let gw = gateway_round(broker, &conn, &ch, &g, count, buffer).await?;
         eprintln!(
             "round {round}: limit {:.0} msg/s, gateway {:.0} msg/s, ratio {:.2}",
             limit.rate,
-            gw.rate,
-            gw.rate / limit.rate
+            gw.path.rate,
+            gw.path.rate / limit.rate
         );
         limits.push(limit.rate);
-        rates.push(gw.rate);
-        ratios.push(gw.rate / limit.rate);
-        loop_cpu.push(limit.cpu[0]);
-        server_cpu.push(gw.cpu[0]);
-        client_cpu.push(gw.cpu[1]);
+        rates.push(gw.path.rate);
+        ratios.push(gw.path.rate / limit.rate);
+        loop_cpu.push(limit.cpu);
+        server_cpu.push(gw.server_cpu);
+        client_cpu.push(gw.client_cpu);
         broker_loop.push(limit.broker);
-        broker_gw.push(gw.broker);
-        client_rss = client_rss.max(rss);
+        broker_gw.push(gw.path.broker);
+        client_rss = client_rss.max(gw.client_rss);
     }
     let (_, server_rss) = g.server.stats();
     let (server, client) = (median(server_cpu), median(client_cpu));
