@@ -134,6 +134,31 @@ pub fn spawn(name: &str, args: &[&str], node_dir: &Path, broker: &str, extra_env
     Proc(cmd.spawn().unwrap())
 }
 
+/// Like [`spawn`], with the process's stderr collected as it comes.
+pub fn spawn_logged(
+    name: &str,
+    args: &[&str],
+    node_dir: &Path,
+    broker: &str,
+) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    node_env(&mut cmd, node_dir, broker);
+    let mut child = cmd.spawn().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (Proc(child), log)
+}
+
 pub fn run(name: &str, args: &[&str], node_dir: &Path, broker: &str) -> std::process::Output {
     let mut cmd = Command::new(bin(name));
     cmd.args(args);
