@@ -50,18 +50,19 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
         anyhow::bail!("peer {} has not been deactivated", s.peer_id);
     }
     let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
-    match amqp_bridge::check_queue(&broker, &s.queue).await {
-        Err(e @ BridgeError::NoQueue(_)) => anyhow::bail!("{e} (run configure-queue first)"),
-        // The broker may come up later: the session loop retries.
-        Err(e) => tracing::warn!("{e}"),
-        Ok(()) => {}
-    }
     tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
     let mut backoff = Backoff::new();
+    let mut first = true;
     loop {
         let started = Instant::now();
         match session(&s, &node, &peer, &broker, &mut shutdown).await {
             Ok(()) => break,
+            // A missing queue on the first try is a set-up mistake, not an
+            // outage (the broker may also come up later: that is retried).
+            Err(e @ BridgeError::NoQueue(_)) if first => {
+                broker.close().await;
+                anyhow::bail!("{e} (run configure-queue first)");
+            }
             Err(e) => {
                 let wait = backoff.wait(started.elapsed());
                 tracing::warn!(
@@ -74,6 +75,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
                 }
             }
         }
+        first = false;
     }
     broker.close().await;
     tracing::info!("drainer stopped");
@@ -105,22 +107,22 @@ async fn session(
     let failure = loop {
         tokio::select! {
             _ = shutdown.changed() => break None,
-            Some((tag, result)) = pending.next(), if !pending.is_empty() => {
-                if let Err(e) = result {
-                    break Some(e);
-                }
-                let mut last = tag;
-                let mut failed = None;
-                while let Some(Some((tag, result))) = pending.next().now_or_never() {
+            Some(first) = pending.next(), if !pending.is_empty() => {
+                // Ack everything confirmed so far, up to a failure if any.
+                let (mut next, mut last, mut failed) = (Some(first), None, None);
+                while let Some((tag, result)) = next.take() {
                     match result {
-                        Ok(()) => last = tag,
+                        Ok(()) => last = Some(tag),
                         Err(e) => {
                             failed = Some(e);
                             break;
                         }
                     }
+                    next = pending.next().now_or_never().flatten();
                 }
-                consumer.ack_up_to(last);
+                if let Some(tag) = last {
+                    consumer.ack_up_to(tag);
+                }
                 if failed.is_some() {
                     break failed;
                 }

@@ -94,11 +94,6 @@ async fn faulty_server(aa_dir: &Path, port: u16, fault: Fault) -> Arc<AtomicUsiz
     sessions
 }
 
-fn port_of(node: &Path, peer: &str) -> u16 {
-    let text = std::fs::read_to_string(node.join(format!("peers/{peer}/nodeinfo/stomp.toml"))).unwrap();
-    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
-}
-
 /// Runs our CA client against the faulty server: the error is logged with
 /// `expected`, the client comes back (a second session), and the message
 /// is still in the queue once the client has stopped.
@@ -107,22 +102,10 @@ async fn client_meets(fault: Fault, expected: &str) {
     let net = devnet(tmp.path());
     let vhost = Vhost::new(&format!("client-{fault:?}"));
     let (_conn, ch) = vhost.channel().await;
-    assert!(
-        run("configure-queue", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url)
-            .status
-            .success()
-    );
-    let body = serde_json::to_vec(&prepare_transfer(1)).unwrap();
-    publish(
-        &ch,
-        "creditors_out",
-        "12.34.ab.cd.00.00.00.01",
-        "PrepareTransfer",
-        &body,
-    )
-    .await;
-    let sessions = faulty_server(&net.aa_dir, port_of(&net.ca_dir, "1234abcd"), fault).await;
-    let (mut client, log) = spawn_logged("swpt-client", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url);
+    configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
+    queue_for_aa(&ch, 1..2).await;
+    let sessions = faulty_server(&net.aa_dir, peer_port(&net.ca_dir, "1234abcd"), fault).await;
+    let (client, log) = spawn_logged("swpt-client", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while sessions.load(Ordering::SeqCst) < 2 || !log.lock().unwrap().contains(expected) {
         assert!(
@@ -133,11 +116,9 @@ async fn client_meets(fault: Fault, expected: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    client.sigterm();
-    let status = tokio::task::spawn_blocking(move || client.0.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "{fault:?}: {status:?}");
+    client
+        .stop_cleanly(&format!("{fault:?}: the client on SIGTERM"))
+        .await;
     assert_eq!(
         message_count(&ch, "to_aa").await,
         1,

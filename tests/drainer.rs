@@ -111,11 +111,7 @@ async fn ca_drains(ca_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
     // It keeps waiting on an empty queue, and stops cleanly on SIGTERM.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(drainer.0.try_wait().unwrap().is_none());
-    drainer.sigterm();
-    let status = tokio::task::spawn_blocking(move || drainer.0.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success());
+    drainer.stop_cleanly("drainer on SIGTERM").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,9 +283,5 @@ async fn drainer_outlives_a_broker_restart() {
         drainer.0.try_wait().unwrap().is_none(),
         "the drainer kept running"
     );
-    drainer.sigterm();
-    let status = tokio::task::spawn_blocking(move || drainer.0.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success());
+    drainer.stop_cleanly("drainer on SIGTERM").await;
 }

@@ -8,9 +8,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::time::Duration;
 
-/// The routing key the CA's services use for a debtor of the AA.
-const CA_OUT_KEY: &str = "12.34.ab.cd.00.00.00.01";
-
 fn header<'a>(d: &'a lapin::message::Delivery, name: &str) -> &'a AMQPValue {
     d.properties
         .headers()
@@ -46,8 +43,7 @@ async fn ca_to_aa_with(
 ) {
     let (_conn, ch) = vhost.channel().await;
     sink_queue(&ch, "accounts_in", "aa_received").await;
-    let out = run("configure-queue", &["1234abcd", "to_aa"], ca_dir, &vhost.url);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    configure_queue(ca_dir, "1234abcd", "to_aa", &vhost.url);
     let port = aa_port.to_string();
     let _server = spawn(
         "swpt-server",
@@ -61,8 +57,7 @@ async fn ca_to_aa_with(
         if let Some(poison) = poison.filter(|_| i == n / 2) {
             publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", poison).await;
         }
-        let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
-        publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", &body).await;
+        queue_for_aa(&ch, i..i + 1).await;
     }
     let _client = spawn("swpt-client", &["1234abcd", "to_aa"], ca_dir, &vhost.url, &[]);
     let got = collect(&ch, "aa_received", n as usize, Duration::from_secs(60)).await;
@@ -140,13 +135,8 @@ async fn poison_message_is_dead_lettered_and_the_rest_arrive() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let vhost = Vhost::new("poison");
-    let aa_port = net_port(&net.ca_dir, "1234abcd");
+    let aa_port = peer_port(&net.ca_dir, "1234abcd");
     ca_to_aa(&vhost, &net.aa_dir, &net.ca_dir, aa_port, 100, true).await;
-}
-
-fn net_port(node: &Path, peer: &str) -> u16 {
-    let text = std::fs::read_to_string(node.join(format!("peers/{peer}/nodeinfo/stomp.toml"))).unwrap();
-    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,7 +165,7 @@ async fn a_message_the_server_refuses_is_dead_lettered() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let vhost = Vhost::new("refused");
-    let aa_port = net_port(&net.ca_dir, "1234abcd");
+    let aa_port = peer_port(&net.ca_dir, "1234abcd");
     let mut future = prepare_transfer(-1);
     let ahead = smp_json::Timestamp::from_unix_micros(smp_json::now_micros() + 3 * 3600 * 1_000_000);
     future["ts"] = json!(ahead.to_iso());

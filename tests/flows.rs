@@ -6,13 +6,9 @@ mod common;
 use common::*;
 use nodedata::generate::Devnet;
 use serde_json::{json, Value};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn port_of(node: &Path, peer: &str) -> u16 {
-    let text = std::fs::read_to_string(node.join(format!("peers/{peer}/nodeinfo/stomp.toml"))).unwrap();
-    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
-}
 
 struct Flow<'a> {
     sender: &'a Path,
@@ -35,7 +31,7 @@ async fn flow(vhost: &Vhost, f: &Flow<'_>, messages: &[(&str, Value)]) -> Vec<Va
         &vhost.url,
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let port = port_of(f.sender, f.receiver_id);
+    let port = peer_port(f.sender, f.receiver_id);
     let _server = spawn(
         "swpt-server",
         &[],
@@ -235,74 +231,81 @@ async fn aa_to_da_and_da_to_aa_shared_network() {
     aa_to_da_and_back(&n, "shared").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_killed_mid_stream_nothing_is_lost() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net: Devnet = devnet(tmp.path());
-    let vhost = Vhost::new("sigkill");
-    let (_c, ch) = vhost.channel().await;
-    sink_queue(&ch, "accounts_in", "received").await;
-    assert!(
-        run("configure-queue", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url)
-            .status
-            .success()
+/// The AA's server of `net` on `port`, listening.
+async fn aa_server(net: &Devnet, vhost: &Vhost, port: u16) -> Proc {
+    let port_text = port.to_string();
+    let server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        &vhost.url,
+        &[("SWPT_SERVER_PORT", &port_text)],
     );
-    let port = port_of(&net.ca_dir, "1234abcd");
-    let env = [("SWPT_SERVER_PORT", port.to_string())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &env);
     wait_port(port).await;
-    const N: i64 = 5000;
-    for i in 0..N {
-        let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
-        publish(
-            &ch,
-            "creditors_out",
-            "12.34.ab.cd.00.00.00.01",
-            "PrepareTransfer",
-            &body,
-        )
-        .await;
-    }
-    let mut client = spawn(
+    server
+}
+
+/// A CA -> AA stream under way: `n` PrepareTransfers queued for the AA,
+/// its server listening and the CA's client started; what the AA receives
+/// lands in `received`. Returns the server, the client and the server's port.
+async fn stream_to_aa(net: &Devnet, vhost: &Vhost, ch: &lapin::Channel, n: i64) -> (Proc, Proc, u16) {
+    sink_queue(ch, "accounts_in", "received").await;
+    configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
+    let port = peer_port(&net.ca_dir, "1234abcd");
+    let server = aa_server(net, vhost, port).await;
+    queue_for_aa(ch, 0..n).await;
+    let client = spawn(
         "swpt-client",
         &["1234abcd", "to_aa"],
         &net.ca_dir,
         &vhost.url,
         &[],
     );
+    (server, client, port)
+}
+
+/// The `coordinator_request_id` of a delivered PrepareTransfer.
+fn request_id(d: &lapin::message::Delivery) -> i64 {
+    let v: Value = serde_json::from_slice(&d.data).unwrap();
+    v["coordinator_request_id"].as_i64().unwrap()
+}
+
+/// Adds the ids arriving in `received` to `seen` until all `n` are there,
+/// or `within` has passed.
+async fn collect_ids(received: &mut Collector, seen: &mut HashSet<i64>, n: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while (seen.len() as i64) < n && tokio::time::Instant::now() < deadline {
+        if let Some(d) = received.next(Duration::from_secs(5)).await {
+            seen.insert(request_id(&d));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_mid_stream_nothing_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net: Devnet = devnet(tmp.path());
+    let vhost = Vhost::new("sigkill");
+    let (_c, ch) = vhost.channel().await;
+    const N: i64 = 5000;
+    let (mut server, client, port) = stream_to_aa(&net, &vhost, &ch, N).await;
     // Let part of the stream through, then kill the server.
     let mut received = Collector::new(&ch, "received").await;
-    let mut seen = std::collections::HashSet::new();
-    let id_of = |d: lapin::message::Delivery| -> i64 {
-        let v: Value = serde_json::from_slice(&d.data).unwrap();
-        v["coordinator_request_id"].as_i64().unwrap()
-    };
+    let mut seen = HashSet::new();
     for _ in 0..500 {
-        seen.insert(id_of(
-            received
-                .next(Duration::from_secs(30))
-                .await
-                .expect("the stream flows"),
-        ));
+        let d = received
+            .next(Duration::from_secs(30))
+            .await
+            .expect("the stream flows");
+        seen.insert(request_id(&d));
     }
     server.sigkill();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &env);
+    let _server = aa_server(&net, &vhost, port).await;
     // The client reconnects by itself; every message arrives at least once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while (seen.len() as i64) < N && tokio::time::Instant::now() < deadline {
-        if let Some(d) = received.next(Duration::from_secs(5)).await {
-            seen.insert(id_of(d));
-        }
-    }
+    collect_ids(&mut received, &mut seen, N, Duration::from_secs(90)).await;
     assert_eq!(seen.len() as i64, N);
-    // SIGTERM: the client stops cleanly.
-    client.sigterm();
-    let status = tokio::task::spawn_blocking(move || client.0.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    client.stop_cleanly("client on SIGTERM").await;
 }
 
 /// Restarts the broker's app under a running server and client: run alone
@@ -316,43 +319,10 @@ async fn broker_restart_mid_stream_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let net: Devnet = devnet(tmp.path());
     let vhost = Vhost::new("broker-restart");
-    let port = port_of(&net.ca_dir, "1234abcd");
-    let env = [("SWPT_SERVER_PORT", port.to_string())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     const N: i64 = 3000;
-    let id_of = |d: lapin::message::Delivery| -> i64 {
-        let v: Value = serde_json::from_slice(&d.data).unwrap();
-        v["coordinator_request_id"].as_i64().unwrap()
-    };
-    let mut seen = std::collections::HashSet::new();
-    let (_server, mut client) = {
+    let (_server, client) = {
         let (_c, ch) = vhost.channel().await;
-        sink_queue(&ch, "accounts_in", "received").await;
-        assert!(
-            run("configure-queue", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url)
-                .status
-                .success()
-        );
-        let server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &env);
-        wait_port(port).await;
-        for i in 0..N {
-            let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
-            publish(
-                &ch,
-                "creditors_out",
-                "12.34.ab.cd.00.00.00.01",
-                "PrepareTransfer",
-                &body,
-            )
-            .await;
-        }
-        let client = spawn(
-            "swpt-client",
-            &["1234abcd", "to_aa"],
-            &net.ca_dir,
-            &vhost.url,
-            &[],
-        );
+        let (server, client, _) = stream_to_aa(&net, &vhost, &ch, N).await;
         // Nothing is consumed before the restart (an auto-ack consumer
         // would take messages with it): wait until part of the stream is in.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -371,23 +341,15 @@ async fn broker_restart_mid_stream_nothing_is_lost() {
     assert!(ctl("start_app").status.success());
     let (_c, ch) = vhost.channel().await;
     let mut received = Collector::new(&ch, "received").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    while (seen.len() as i64) < N && tokio::time::Instant::now() < deadline {
-        if let Some(d) = received.next(Duration::from_secs(5)).await {
-            seen.insert(id_of(d));
-        }
-    }
+    let mut seen = HashSet::new();
+    collect_ids(&mut received, &mut seen, N, Duration::from_secs(120)).await;
     assert_eq!(seen.len() as i64, N, "every message arrives after the restart");
     assert_eq!(
         message_count(&ch, "to_aa.XQ").await,
         0,
         "nothing was dead-lettered"
     );
-    client.sigterm();
-    let status = tokio::task::spawn_blocking(move || client.0.wait().unwrap())
-        .await
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    client.stop_cleanly("client on SIGTERM").await;
 }
 
 #[test]

@@ -278,9 +278,9 @@ async fn aa_server(net: &Devnet, port: u16, broker: &str, env: &[(&str, &str)]) 
     server
 }
 
+/// The AA's port in the generated network.
 fn net_port(net: &Devnet) -> u16 {
-    let text = std::fs::read_to_string(net.ca_dir.join("peers/1234abcd/nodeinfo/stomp.toml")).unwrap();
-    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
+    peer_port(&net.ca_dir, "1234abcd")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

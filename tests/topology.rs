@@ -40,8 +40,7 @@ async fn check_topology(aa: &Path, ca: &Path, da: &Path, ca_id: &str, da_id: &st
     for (i, (node, peer, exchange, inside, outside)) in cases.iter().enumerate() {
         let queue = format!("q{i}");
         for _ in 0..2 {
-            let out = run("configure-queue", &[peer, &queue], node, &vhost.url);
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            configure_queue(node, peer, &queue, &vhost.url);
         }
         publish(&ch, exchange, inside, "AccountPurge", b"{}").await;
         if let Some(outside) = outside {
@@ -150,6 +149,5 @@ async fn configure_queue_says_when_the_random_exchange_plugin_is_missing() {
         );
     }
     // And with the plugin back, it works.
-    let out = run("configure-queue", &["1234abcd", "q"], &net.ca_dir, &vhost.url);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    configure_queue(&net.ca_dir, "1234abcd", "q", &vhost.url);
 }

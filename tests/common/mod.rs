@@ -91,6 +91,15 @@ impl Proc {
     pub fn sigterm(&mut self) {
         sigterm(self.0.id());
     }
+    /// SIGTERM, then the exit status, which must be success.
+    pub async fn stop_cleanly(mut self, what: &str) {
+        self.sigterm();
+        let mut child = self;
+        let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "{what}: {status:?}");
+    }
     pub fn sigkill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -291,6 +300,31 @@ pub fn copy_dir(from: &Path, to: &Path) {
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
         }
+    }
+}
+
+/// The port of `peer`'s first server, from `node`'s copy of its manifest.
+pub fn peer_port(node: &Path, peer: &str) -> u16 {
+    let text = std::fs::read_to_string(node.join(format!("peers/{peer}/nodeinfo/stomp.toml"))).unwrap();
+    nodedata::parse_manifest(&text, "x").unwrap().servers[0].port
+}
+
+/// Runs `configure-queue PEER QUEUE` for `node`; it must succeed.
+pub fn configure_queue(node: &Path, peer: &str, queue: &str, broker: &str) {
+    let out = run("configure-queue", &[peer, queue], node, broker);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The routing key with which the generated CA's services send to the AA
+/// `1234abcd` (its debtors subnet).
+pub const CA_OUT_KEY: &str = "12.34.ab.cd.00.00.00.01";
+
+/// Publishes PrepareTransfers `ids` into the CA's `creditors_out`, for the
+/// AA `1234abcd`.
+pub async fn queue_for_aa(ch: &Channel, ids: std::ops::Range<i64>) {
+    for i in ids {
+        let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
+        publish(ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", &body).await;
     }
 }
 

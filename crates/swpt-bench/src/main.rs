@@ -368,10 +368,11 @@ const CA_KEY: &str = "12.34.ab.cd.00.00.00.01";
 
 async fn gateway(broker: &str, ch: &Channel, dir: PathBuf, buffer: usize) -> anyhow::Result<Gateway> {
     let _ = std::fs::remove_dir_all(&dir);
+    let port = free_port();
     let net = write_devnet(
         &dir,
         &DevnetOptions {
-            aa_port: free_port(),
+            aa_port: port,
             ca_port: free_port(),
             da_port: free_port(),
             ..Default::default()
@@ -387,13 +388,6 @@ async fn gateway(broker: &str, ch: &Channel, dir: PathBuf, buffer: usize) -> any
         bail!("configure-queue failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let _ = ch.queue_purge(CA_QUEUE, QueuePurgeOptions::default()).await;
-    let port = nodedata::parse_manifest(
-        &std::fs::read_to_string(net.ca_dir.join("peers/1234abcd/nodeinfo/stomp.toml"))?,
-        "x",
-    )
-    .map_err(anyhow::Error::msg)?
-    .servers[0]
-        .port;
     let server = spawn(
         "swpt-server",
         &[],
@@ -439,14 +433,14 @@ impl Span {
 /// Waits for `n` arrivals in [`ARRIVED`].
 async fn arrivals(ch: &Channel, n: u64, mut progress: Option<Progress>) -> anyhow::Result<Span> {
     let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
-    count_arrivals(&mut consumer, n, &mut progress).await
+    count_arrivals(&mut consumer, n, progress.as_mut()).await
 }
 
 /// Counts `n` deliveries of an auto-ack consumer.
 async fn count_arrivals(
     consumer: &mut lapin::Consumer,
     n: u64,
-    progress: &mut Option<Progress>,
+    mut progress: Option<&mut Progress>,
 ) -> anyhow::Result<Span> {
     let mut done = 0;
     let mut first = None;
@@ -509,6 +503,7 @@ const LIMIT_EXCHANGE: &str = "bench.dst_x";
 /// confirmed publish, plus draining the destination) and the broker's.
 async fn broker_limit(
     conn: &lapin::Connection,
+    broker: Option<u32>,
     like: &smp_json::Publication,
     count: u64,
     window: usize,
@@ -545,8 +540,7 @@ async fn broker_limit(
     // consumer), so that the broker does the same work on both paths.
     let sink = conn.create_channel().await?;
     let mut drain = auto_ack_consumer(&sink, "bench.dst").await?;
-    let drained = tokio::spawn(async move { count_arrivals(&mut drain, count, &mut None).await });
-    let broker = broker_pid();
+    let drained = tokio::spawn(async move { count_arrivals(&mut drain, count, None).await });
     let (cpu0, broker0) = (proc_stats(std::process::id()).0, broker_cpu(broker));
 
     let mut consumer = src
@@ -683,6 +677,7 @@ async fn gateway_round(
     conn: &lapin::Connection,
     ch: &Channel,
     g: &Gateway,
+    broker_proc: Option<u32>,
     count: u64,
     buffer: usize,
 ) -> anyhow::Result<GatewayFigures> {
@@ -690,11 +685,10 @@ async fn gateway_round(
     fill(&pub_ch, "creditors_out", CA_KEY, count, buffer).await?;
     let _ = pub_ch.close(200, "filled").await;
     let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
-    let broker_proc = broker_pid();
     let (server0, broker0) = (g.server.stats().0, broker_cpu(broker_proc));
 
     let mut client = start_client(g, broker, buffer)?;
-    let span = count_arrivals(&mut consumer, count, &mut None).await?;
+    let span = count_arrivals(&mut consumer, count, None).await?;
     let (server1, broker1) = (g.server.stats().0, broker_cpu(broker_proc));
     let (client_cpu, client_rss) = client.stats();
 
@@ -722,16 +716,17 @@ async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> a
     let dir = std::env::temp_dir().join(format!("swpt-bench-{}", std::process::id()));
     let g = gateway(broker, &ch, dir.clone(), buffer).await?;
     let like = server_publication(&g.net).await?;
+    let broker_proc = broker_pid();
     let (mut limits, mut rates, mut ratios) = (vec![], vec![], vec![]);
-    let (mut loop_cpu, mut server_cpu, mut client_cpu) = (vec![], vec![], vec![]);
+    let (mut loop_cpu, mut gateway_cpu, mut server_cpu, mut client_cpu) = (vec![], vec![], vec![], vec![]);
     let (mut broker_loop, mut broker_gw) = (vec![], vec![]);
     let mut client_rss = 0;
     for round in 1..=rounds.max(1) {
         eprintln!(
             "round {round}: the broker's own limit ({count} messages, window {buffer}), then the gateway"
         );
-        let limit = broker_limit(&conn, &like, count, buffer).await?;
-        let gw = gateway_round(broker, &conn, &ch, &g, count, buffer).await?;
+        let limit = broker_limit(&conn, broker_proc, &like, count, buffer).await?;
+        let gw = gateway_round(broker, &conn, &ch, &g, broker_proc, count, buffer).await?;
         eprintln!(
             "round {round}: limit {:.0} msg/s, gateway {:.0} msg/s, ratio {:.2}",
             limit.rate,
@@ -742,6 +737,7 @@ async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> a
         rates.push(gw.path.rate);
         ratios.push(gw.path.rate / limit.rate);
         loop_cpu.push(limit.cpu);
+        gateway_cpu.push(gw.path.cpu);
         server_cpu.push(gw.server_cpu);
         client_cpu.push(gw.client_cpu);
         broker_loop.push(limit.broker);
@@ -768,13 +764,13 @@ async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> a
     );
     println!(
         "CPU per message (server + client): {:.1} us (server {server:.1}, client {client:.1})",
-        server + client
+        median(gateway_cpu)
     );
     println!(
         "CPU per message of the limit loop (one process): {:.1} us",
         median(loop_cpu)
     );
-    if broker_pid().is_some() {
+    if broker_proc.is_some() {
         println!(
             "RabbitMQ CPU per message: {:.1} us on the gateway's path, {:.1} us on the loop's",
             median(broker_gw),
