@@ -34,6 +34,16 @@ pub struct CommonArgs {
     pub log_format: String,
 }
 
+impl CommonArgs {
+    /// What every program does first: logging as asked, the CPU pinning
+    /// of APP_CPU_AFFINITY, then the internal settings (APP_*).
+    pub fn start(&self) -> anyhow::Result<Internal> {
+        init_logging(&self.log_level, &self.log_format);
+        apply_cpu_affinity()?;
+        Internal::from_env()
+    }
+}
+
 /// The server's certificate and key (server and client).
 #[derive(Args, Debug, Clone)]
 pub struct CertArgs {

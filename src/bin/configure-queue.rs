@@ -5,7 +5,7 @@ use amqp_bridge::topology::{declare, topology_for};
 use amqp_bridge::SharedConnection;
 use clap::Parser;
 use nodedata::NodeDatabase;
-use swpt_gateway::config::{finish, init_logging, CommonArgs, Internal};
+use swpt_gateway::config::{finish, CommonArgs};
 
 /// Declares the exchanges, bindings and queues (QUEUE and QUEUE.XQ) that
 /// route messages for one peer; running it twice is harmless.
@@ -27,8 +27,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.common.log_level, &cli.common.log_format);
-    let internal = Internal::from_env()?;
+    let internal = cli.common.start()?;
     let db = NodeDatabase::open(&cli.common.nodedata_url, internal.peers_cache())?;
     let node = db.node_data().await?;
     let peer = db

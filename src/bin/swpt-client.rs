@@ -2,9 +2,7 @@
 
 use clap::Parser;
 use swpt_gateway::client::{self, ClientSettings};
-use swpt_gateway::config::{
-    apply_cpu_affinity, finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal,
-};
+use swpt_gateway::config::{finish, shutdown_signal, CertArgs, CommonArgs};
 
 /// Consumes a RabbitMQ queue of messages for one peer and sends them to
 /// the peer's STOMP servers; reconnects by itself.
@@ -31,8 +29,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.common.log_level, &cli.common.log_format);
-    apply_cpu_affinity()?;
+    let internal = cli.common.start()?;
     let settings = ClientSettings {
         nodedata_url: cli.common.nodedata_url,
         broker_url: cli.common.broker_url,
@@ -41,7 +38,7 @@ async fn run() -> anyhow::Result<()> {
         peer_id: cli.peer_node_id,
         queue: cli.queue_name,
         buffer: cli.client_buffer.max(1),
-        internal: Internal::from_env()?,
+        internal,
     };
     client::run(settings, shutdown_signal()).await?;
     Ok(())

@@ -1,7 +1,7 @@
 //! `swpt-drainer PEER QUEUE`: drains a deactivated peer's queue (see `swpt_gateway::drainer`).
 
 use clap::Parser;
-use swpt_gateway::config::{apply_cpu_affinity, finish, init_logging, shutdown_signal, CommonArgs, Internal};
+use swpt_gateway::config::{finish, shutdown_signal, CommonArgs};
 use swpt_gateway::drainer::{self, DrainerSettings};
 
 /// Consumes the queue of a deactivated peer, acks everything, and
@@ -31,8 +31,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.common.log_level, &cli.common.log_format);
-    apply_cpu_affinity()?;
+    let internal = cli.common.start()?;
     let settings = DrainerSettings {
         nodedata_url: cli.common.nodedata_url,
         broker_url: cli.common.broker_url,
@@ -40,7 +39,7 @@ async fn run() -> anyhow::Result<()> {
         queue: cli.queue_name,
         client_buffer: cli.client_buffer,
         server_buffer: cli.server_buffer,
-        internal: Internal::from_env()?,
+        internal,
     };
     drainer::run(settings, shutdown_signal()).await
 }

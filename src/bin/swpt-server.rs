@@ -1,9 +1,7 @@
 //! `swpt-server`: accepts peers' STOMP connections (see `swpt_gateway::server`).
 
 use clap::Parser;
-use swpt_gateway::config::{
-    apply_cpu_affinity, finish, init_logging, shutdown_signal, CertArgs, CommonArgs, Internal,
-};
+use swpt_gateway::config::{finish, shutdown_signal, CertArgs, CommonArgs};
 use swpt_gateway::server::{bind, serve, ServerContext};
 
 /// Accepts mutually authenticated TLS STOMP connections from the node's
@@ -30,9 +28,7 @@ async fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.common.log_level, &cli.common.log_format);
-    apply_cpu_affinity()?;
-    let internal = Internal::from_env()?;
+    let internal = cli.common.start()?;
     let backlog = internal.app_stomp_server_backlog;
     let ctx = ServerContext::new(
         &cli.common.nodedata_url,
