@@ -10,8 +10,8 @@ use std::process::Command;
 struct Vhost(String);
 
 impl Vhost {
-    fn new() -> Vhost {
-        let name = format!("swpt-test-bench-{}", std::process::id());
+    fn new(what: &str) -> Vhost {
+        let name = format!("swpt-test-bench-{what}-{}", std::process::id());
         let ctl = |args: &[&str]| {
             let out = Command::new("rabbitmqctl")
                 .args(args)
@@ -47,35 +47,77 @@ fn figure(out: &str, prefix: &str) -> f64 {
     line[prefix.len()..]
         .split_whitespace()
         .next()
-        .and_then(|v| v.parse().ok())
+        .and_then(|v| v.trim_end_matches(',').parse().ok())
         .unwrap_or_else(|| panic!("no figure after \"{prefix}\" in \"{line}\""))
 }
 
-#[test]
-fn throughput_runs_both_paths_and_prints_every_figure() {
+/// Runs `swpt-bench ARGS` in a vhost of its own and returns its standard
+/// output; `None` (the test skips) when the gateway's binaries are not
+/// built beside it.
+fn bench(name: &str, args: &[&str]) -> Option<String> {
     let bench = Path::new(env!("CARGO_BIN_EXE_swpt-bench"));
     if !bench.with_file_name("swpt-server").is_file() || !bench.with_file_name("swpt-client").is_file() {
         eprintln!(
             "SKIPPED: the gateway's binaries are not built beside {} (run cargo test --workspace)",
             bench.display()
         );
-        return;
+        return None;
     }
-    let vhost = Vhost::new();
+    let vhost = Vhost::new(name);
     let out = Command::new(bench)
-        .args(["throughput", "-n", "300", "-b", "20", "-r", "2"])
+        .args(args)
         .env(
             "PROTOCOL_BROKER_URL",
             format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost.0),
         )
         .output()
         .expect("run swpt-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "swpt-bench failed:\n{stdout}\n{}",
+        "swpt-bench {args:?} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    Some(stdout)
+}
+
+#[test]
+fn latency_times_both_paths() {
+    let Some(stdout) = bench("latency", &["latency", "-n", "20", "-r", "50"]) else {
+        return;
+    };
+    for prefix in [
+        "broker alone (one persistent hop): p50 ",
+        "through the gateway (two hops, TLS, STOMP): p50 ",
+    ] {
+        assert!(
+            figure(&stdout, prefix) > 0.0,
+            "{prefix} must be positive:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn scale_holds_every_peer_and_receipts_every_message() {
+    let Some(stdout) = bench("scale", &["scale", "-p", "5", "-s", "3", "--every", "1"]) else {
+        return;
+    };
+    assert_eq!(figure(&stdout, "connected: "), 5.0, "{stdout}");
+    assert_eq!(figure(&stdout, "dropped: "), 0.0, "{stdout}");
+    let sent = figure(&stdout, "messages sent: ");
+    assert!(sent >= 5.0, "{stdout}");
+    assert!(
+        stdout.contains(&format!("receipted: {sent}")),
+        "every message receipted:\n{stdout}"
+    );
+    assert!(figure(&stdout, "server RSS per peer: ") > 0.0, "{stdout}");
+}
+
+#[test]
+fn throughput_runs_both_paths_and_prints_every_figure() {
+    let Some(stdout) = bench("throughput", &["throughput", "-n", "300", "-b", "20", "-r", "2"]) else {
+        return;
+    };
     assert!(
         stdout.contains("300 messages, buffer 20, medians of 2 rounds"),
         "{stdout}"
