@@ -12,16 +12,17 @@ COPY crates/nodedata/Cargo.toml crates/nodedata/
 COPY crates/smp-json/Cargo.toml crates/smp-json/
 COPY crates/amqp-bridge/Cargo.toml crates/amqp-bridge/
 COPY crates/swpt-bench/Cargo.toml crates/swpt-bench/
-RUN for c in stomp-codec nodedata smp-json amqp-bridge swpt-bench; do \
+COPY crates/testkit/Cargo.toml crates/testkit/
+RUN for c in stomp-codec nodedata smp-json amqp-bridge swpt-bench testkit; do \
         mkdir -p "crates/$c/src" "crates/$c/benches" && echo '' > "crates/$c/src/lib.rs"; \
     done \
     && echo 'fn main() {}' > crates/stomp-codec/benches/decode.rs \
     && echo 'fn main() {}' > crates/smp-json/benches/process.rs \
     && echo 'fn main() {}' > crates/swpt-bench/src/main.rs \
-    && mkdir -p src/bin crates/nodedata/src/bin \
+    && mkdir -p src/bin crates/testkit/src/bin \
     && echo '' > src/lib.rs \
     && for b in swpt-server swpt-client swpt-drainer configure-queue swpt-broker-check; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
-    && echo 'fn main() {}' > crates/nodedata/src/bin/swpt-nodedata.rs \
+    && echo 'fn main() {}' > crates/testkit/src/bin/swpt-nodedata.rs \
     && cargo build --release --locked --workspace --exclude swpt-bench \
     && rm -rf src crates/*/src crates/*/benches
 COPY . .

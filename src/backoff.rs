@@ -1,6 +1,7 @@
 //! The capped, jittered exponential back-off between two attempts of a
 //! long-running loop (the client's links, the drainer's broker sessions).
 
+use crate::shutdown::Shutdown;
 use rand::Rng;
 use std::time::Duration;
 
@@ -28,6 +29,18 @@ impl Backoff {
         let wait = self.next.mul_f64(rand::thread_rng().gen_range(0.5..1.5));
         self.next = (self.next * 2).min(Self::MAX);
         wait
+    }
+
+    /// Logs `what` (why the attempt ended) with the wait, then waits
+    /// before the next attempt, after one that ran for `lasted`. Returns
+    /// `false` when shutdown came first.
+    pub async fn pause(&mut self, lasted: Duration, what: &str, shutdown: &mut Shutdown) -> bool {
+        let wait = self.wait(lasted);
+        tracing::warn!("{what}; trying again in {:.1}s", wait.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => true,
+            _ = shutdown.requested() => false,
+        }
     }
 }
 

@@ -9,19 +9,23 @@
 //!        └──── ack multiple up to N, in delivery order, once every earlier reply is confirmed <───────────┘
 //! ```
 //!
+//! - [`run`]: the loop of broker sessions, with the client's back-off
+//!   between them (see [`crate::backoff`]);
+//! - [`Drain`]: one broker session: a consumer, a confirming publisher,
+//!   and the replies in flight, acked in delivery order.
+//!
 //! Unlike the Python drainer, a message is acked only after its reply's
 //! publish is confirmed: a crash may duplicate a reply, never lose one.
-//! A broker failure ends one session; the drainer starts another after a
-//! back-off (see [`crate::backoff`]), as the client does.
 
 use crate::backoff::Backoff;
 use crate::config::Internal;
-use amqp_bridge::{BridgeError, Consumer, OutMessage, Publisher, SharedConnection};
+use crate::publish::publish;
+use crate::shutdown::Shutdown;
+use amqp_bridge::{BridgeError, Consumer, InMessage, Publisher, SharedConnection};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use nodedata::{NodeData, NodeDatabase, PeerData};
 use std::time::Instant;
-use tokio::sync::watch;
 
 /// What the drainer needs to run.
 pub struct DrainerSettings {
@@ -34,12 +38,10 @@ pub struct DrainerSettings {
     pub internal: Internal,
 }
 
-type Pending = futures::future::BoxFuture<'static, (u64, Result<(), BridgeError>)>;
-
 /// Runs until shutdown (an empty queue is waited on, not an end). A
 /// broker failure ends one session: what it had not acked goes back to the
 /// queue, and a new session starts after a back-off.
-pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache())?;
     let node = db.node_data().await?;
     let peer = db
@@ -53,130 +55,143 @@ pub async fn run(s: DrainerSettings, mut shutdown: watch::Receiver<bool>) -> any
     tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
     let mut backoff = Backoff::new();
     let mut first = true;
-    loop {
+    let result = loop {
         let started = Instant::now();
-        match session(&s, &node, &peer, &broker, &mut shutdown).await {
-            Ok(()) => break,
+        let drained = match Drain::start(&s, &node, &peer, &broker).await {
+            Ok(drain) => drain.run(&mut shutdown).await,
+            Err(e) => Err(e),
+        };
+        match drained {
+            Ok(()) => break Ok(()),
             // A missing queue on the first try is a set-up mistake, not an
             // outage (the broker may also come up later: that is retried).
             Err(e @ BridgeError::NoQueue(_)) if first => {
-                broker.close().await;
-                anyhow::bail!("{e} (run configure-queue first)");
+                break Err(anyhow::anyhow!("{e} (run configure-queue first)"));
             }
             Err(e) => {
-                let wait = backoff.wait(started.elapsed());
-                tracing::warn!(
-                    "draining stopped: {e}; starting again in {:.1}s",
-                    wait.as_secs_f64()
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => break,
+                let what = format!("draining stopped: {e}");
+                if !backoff.pause(started.elapsed(), &what, &mut shutdown).await {
+                    break Ok(());
                 }
             }
         }
         first = false;
-    }
+    };
     broker.close().await;
     tracing::info!("drainer stopped");
-    Ok(())
+    result
 }
 
-/// One broker session: consumes, replies and acks until shutdown
-/// (`Ok`) or a broker failure (`Err`, with the channels closed so that
-/// RabbitMQ redelivers what was not acked).
-async fn session(
-    s: &DrainerSettings,
-    node: &NodeData,
-    peer: &PeerData,
-    broker: &SharedConnection,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), BridgeError> {
-    let prefetch = u16::try_from(s.client_buffer).unwrap_or(u16::MAX).max(1);
-    let mut consumer = Consumer::new(broker, &s.queue, prefetch).await?;
-    let publisher = match Publisher::new(broker, s.internal.rmq_confirmation_timeout()).await {
-        Ok(p) => p,
-        Err(e) => {
-            consumer.close().await;
-            return Err(e);
-        }
-    };
-    let exchange = node.node_type.in_exchange();
-    let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
-    let window = s.server_buffer.max(1);
-    let failure = loop {
-        tokio::select! {
-            _ = shutdown.changed() => break None,
-            Some(first) = pending.next(), if !pending.is_empty() => {
-                // Ack everything confirmed so far, up to a failure if any.
-                let (mut next, mut last, mut failed) = (Some(first), None, None);
-                while let Some((tag, result)) = next.take() {
-                    match result {
-                        Ok(()) => last = Some(tag),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    next = pending.next().now_or_never().flatten();
-                }
-                if let Some(tag) = last {
-                    consumer.ack_up_to(tag);
-                }
-                if failed.is_some() {
-                    break failed;
-                }
+/// A reply in flight: the delivery it answers, and its confirmation.
+type Pending = futures::future::BoxFuture<'static, (u64, Result<(), BridgeError>)>;
+
+/// One broker session of the drainer.
+struct Drain<'a> {
+    node: &'a NodeData,
+    peer: &'a PeerData,
+    consumer: Consumer,
+    publisher: Publisher,
+    /// Replies in flight, in delivery order (a message without a reply
+    /// is in here too, already done, so that acks keep that order).
+    pending: FuturesOrdered<Pending>,
+    window: usize,
+}
+
+impl<'a> Drain<'a> {
+    async fn start(
+        s: &DrainerSettings,
+        node: &'a NodeData,
+        peer: &'a PeerData,
+        broker: &SharedConnection,
+    ) -> Result<Drain<'a>, BridgeError> {
+        let consumer = Consumer::new(broker, &s.queue, s.client_buffer).await?;
+        let publisher = match Publisher::new(broker, s.internal.rmq_confirmation_timeout()).await {
+            Ok(p) => p,
+            Err(e) => {
+                consumer.close().await;
+                return Err(e);
             }
-            delivery = consumer.next(), if pending.len() < window => {
-                let m = match delivery {
-                    Ok(m) => m,
-                    Err(e) => break Some(e),
-                };
-                let tag = m.delivery_tag;
-                let msg = match smp_json::client_process(node, peer, &m.msg_type, &m.content_type, &m.body) {
-                    Ok(msg) => msg,
-                    Err(e) => {
-                        tracing::error!(delivery_tag = tag, "rejecting a message to {}.XQ: {e}", s.queue);
-                        consumer.reject(tag);
-                        continue;
-                    }
-                };
-                let reply = smp_json::drainer_reply(&msg, smp_json::Timestamp::now());
-                let Some(reply) = reply else {
-                    pending.push_back(Box::pin(async move { (tag, Ok(())) }));
-                    continue;
-                };
-                let publication = match smp_json::publication_from(node, peer, reply, smp_json::now_micros()) {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::error!(delivery_tag = tag, "cannot build a reply, rejecting to {}.XQ: {e}", s.queue);
-                        consumer.reject(tag);
-                        continue;
-                    }
-                };
-                let confirm = publisher.publish(&OutMessage {
-                    exchange,
-                    routing_key: &publication.routing_key,
-                    msg_type: publication.msg_type.as_str(),
-                    body: &publication.body,
-                    headers: &publication.headers,
-                });
-                pending.push_back(Box::pin(confirm.map(move |r| (tag, r))));
-            }
-        }
-    };
-    if failure.is_none() {
-        // Shutdown: finish what is under way, acking what is confirmed.
-        while let Some((tag, result)) = pending.next().await {
-            if result.is_ok() {
-                consumer.ack_up_to(tag);
-            }
-        }
+        };
+        Ok(Drain {
+            node,
+            peer,
+            consumer,
+            publisher,
+            pending: FuturesOrdered::new(),
+            window: s.server_buffer.max(1),
+        })
     }
-    consumer.close().await;
-    publisher.close().await;
-    match failure {
-        None => Ok(()),
-        Some(e) => Err(e),
+
+    /// Consumes, replies and acks until shutdown (`Ok`) or a broker
+    /// failure (`Err`); then closes the channels, so that RabbitMQ
+    /// redelivers what was not acked.
+    async fn run(mut self, shutdown: &mut Shutdown) -> Result<(), BridgeError> {
+        let result = loop {
+            let step = tokio::select! {
+                _ = shutdown.requested() => break Ok(()),
+                Some(first) = self.pending.next(), if !self.pending.is_empty() => self.on_confirmed(first),
+                delivery = self.consumer.next(), if self.pending.len() < self.window => {
+                    delivery.map(|m| self.on_delivery(m))
+                }
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+        };
+        if result.is_ok() {
+            // Shutdown: finish what is under way, acking what is confirmed.
+            while let Some((tag, confirmed)) = self.pending.next().await {
+                if confirmed.is_ok() {
+                    self.consumer.ack_up_to(tag);
+                }
+            }
+        }
+        self.consumer.close().await;
+        self.publisher.close().await;
+        result
+    }
+
+    /// Acks everything confirmed so far (`first` and what is ready after
+    /// it), up to a failure if any.
+    fn on_confirmed(&mut self, first: (u64, Result<(), BridgeError>)) -> Result<(), BridgeError> {
+        let (mut next, mut last, mut failed) = (Some(first), None, Ok(()));
+        while let Some((tag, confirmed)) = next.take() {
+            if let Err(e) = confirmed {
+                failed = Err(e);
+                break;
+            }
+            last = Some(tag);
+            next = self.pending.next().now_or_never().flatten();
+        }
+        if let Some(tag) = last {
+            self.consumer.ack_up_to(tag);
+        }
+        failed
+    }
+
+    /// One delivery: its reply published (or none), or the message
+    /// dead-lettered when it cannot be handled.
+    fn on_delivery(&mut self, m: InMessage) {
+        let tag = m.delivery_tag;
+        let msg = match smp_json::client_process(self.node, self.peer, &m.msg_type, &m.content_type, &m.body)
+        {
+            Ok(msg) => msg,
+            Err(e) => return self.consumer.dead_letter(tag, &e.to_string()),
+        };
+        let Some(reply) = smp_json::drainer_reply(&msg, smp_json::Timestamp::now()) else {
+            self.pending.push_back(Box::pin(async move { (tag, Ok(())) }));
+            return;
+        };
+        let publication =
+            match smp_json::publication_from(self.node, self.peer, reply, smp_json::now_micros()) {
+                Ok(p) => p,
+                Err(e) => {
+                    return self
+                        .consumer
+                        .dead_letter(tag, &format!("cannot build a reply: {e}"))
+                }
+            };
+        let confirm = publish(&self.publisher, self.node.node_type.in_exchange(), &publication);
+        self.pending.push_back(Box::pin(confirm.map(move |r| (tag, r))));
     }
 }

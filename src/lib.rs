@@ -1,16 +1,28 @@
 //! The Swaptacular STOMP peer gateway: the parts the four binaries share.
 //!
-//! - [`tls`]: rustls configurations and the Swaptacular verifiers;
-//! - [`config`]: command-line and environment settings;
-//! - [`session`]: the STOMP state machines of both sides;
-//! - [`backoff`]: the waits between reconnection attempts;
+//! The data path, top down (each layer uses only the ones below it):
+//!
 //! - [`server`], [`client`], [`drainer`]: the pipelines that join a STOMP
-//!   session (or a queue) to RabbitMQ.
+//!   session (or a queue) to RabbitMQ;
+//! - [`session`]: what both STOMP sides share: typed frames, heart-beats
+//!   and the watchdog, batched confirmations;
+//! - [`publish`]: an SMP publication turned into an AMQP message;
+//! - [`tls`]: rustls configurations and the Swaptacular verifiers;
+//! - below: the crates `stomp-codec`, `smp-json`, `amqp-bridge`, `nodedata`.
+//!
+//! Process plumbing: [`config`] (flags and `APP_*` settings), [`logging`],
+//! [`shutdown`] (signals), [`affinity`] (CPU pinning), [`backoff`] (waits
+//! between attempts), [`exit`] (exit status).
 
+pub mod affinity;
 pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod drainer;
+pub mod exit;
+pub mod logging;
+pub mod publish;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod tls;

@@ -308,6 +308,70 @@ fn check_sub_ca(own_root: &[u8], sub: &[u8], leaf: &[u8]) -> Result<(), String> 
     Ok(())
 }
 
+/// The node ID a leaf names; a refusal of the `side`'s certificate
+/// (logged) when its subject is not a Swaptacular one.
+fn leaf_id(end_entity: &CertificateDer<'_>, side: Side) -> Result<String, rustls::Error> {
+    peer_node_id(end_entity).map_err(|e| {
+        tracing::warn!("{} certificate refused: {e}", side.name());
+        general(format!("invalid certificate subject: {e}"))
+    })
+}
+
+/// Whose certificate a verifier checks.
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Server,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+
+    /// The extended key usage the certificate must allow.
+    fn usage(self) -> &'static [u8] {
+        match self {
+            Side::Client => OID_CLIENT_AUTH,
+            Side::Server => OID_SERVER_AUTH,
+        }
+    }
+}
+
+/// Verifies that `end_entity` chains to `anchor` (through
+/// `intermediates`) and may be used by `side`; a refusal of peer `id`'s
+/// certificate is logged.
+fn verify_leaf(
+    algs: &WebPkiSupportedAlgorithms,
+    end_entity: &CertificateDer<'_>,
+    anchor: &TrustAnchor<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    side: Side,
+    id: &str,
+) -> Result<(), rustls::Error> {
+    let usage = side.usage();
+    let side = side.name();
+    let cert = EndEntityCert::try_from(end_entity).map_err(webpki_err)?;
+    cert.verify_for_usage(
+        algs.all,
+        std::slice::from_ref(anchor),
+        intermediates,
+        now,
+        KeyUsage::required(usage),
+        None,
+        None,
+    )
+    .map(|_| ())
+    .map_err(|e| {
+        tracing::warn!(peer = %id, "{side} certificate refused: {e}");
+        webpki_err(e)
+    })
+}
+
 impl ClientCertVerifier for SwaptacularClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
@@ -319,10 +383,7 @@ impl ClientCertVerifier for SwaptacularClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let id = peer_node_id(end_entity).map_err(|e| {
-            tracing::warn!("client certificate refused: {e}");
-            general(format!("invalid certificate subject: {e}"))
-        })?;
+        let id = leaf_id(end_entity, Side::Client)?;
         let Some(anchor) = self.roots.get(&id) else {
             tracing::warn!(peer = %id, "client certificate refused: no such peer in the node database");
             self.roots.refresh.notify_one();
@@ -330,20 +391,7 @@ impl ClientCertVerifier for SwaptacularClientVerifier {
                 rustls::CertificateError::UnknownIssuer,
             ));
         };
-        let cert = EndEntityCert::try_from(end_entity).map_err(webpki_err)?;
-        cert.verify_for_usage(
-            self.algs.all,
-            &[anchor],
-            &[],
-            now,
-            KeyUsage::required(OID_CLIENT_AUTH),
-            None,
-            None,
-        )
-        .map_err(|e| {
-            tracing::warn!(peer = %id, "client certificate refused: {e}");
-            webpki_err(e)
-        })?;
+        verify_leaf(&self.algs, end_entity, &anchor, &[], now, Side::Client, &id)?;
         if intermediates.is_empty() {
             tracing::warn!(peer = %id, "client certificate refused: no sub-CA certificate presented");
             return Err(general("the client presented no sub-CA certificate"));
@@ -382,10 +430,7 @@ impl ServerCertVerifier for SwaptacularServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let id = peer_node_id(end_entity).map_err(|e| {
-            tracing::warn!("server certificate refused: {e}");
-            general(format!("invalid certificate subject: {e}"))
-        })?;
+        let id = leaf_id(end_entity, Side::Server)?;
         if id != self.peer_id {
             tracing::warn!(
                 "server certificate refused: it names {id}, but we dialled {}",
@@ -396,20 +441,15 @@ impl ServerCertVerifier for SwaptacularServerVerifier {
                 self.peer_id
             )));
         }
-        let cert = EndEntityCert::try_from(end_entity).map_err(webpki_err)?;
-        cert.verify_for_usage(
-            self.algs.all,
-            std::slice::from_ref(&self.anchor),
+        verify_leaf(
+            &self.algs,
+            end_entity,
+            &self.anchor,
             intermediates,
             now,
-            KeyUsage::required(OID_SERVER_AUTH),
-            None,
-            None,
-        )
-        .map_err(|e| {
-            tracing::warn!(peer = %id, "server certificate refused: {e}");
-            webpki_err(e)
-        })?;
+            Side::Server,
+            &id,
+        )?;
         Ok(ServerCertVerified::assertion())
     }
 

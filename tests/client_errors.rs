@@ -101,7 +101,7 @@ async fn client_meets(fault: Fault, expected: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let vhost = Vhost::new(&format!("client-{fault:?}"));
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(&vhost).await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     queue_for_aa(&ch, 1..2).await;
     let sessions = faulty_server(&net.aa_dir, peer_port(&net.ca_dir, "1234abcd"), fault).await;

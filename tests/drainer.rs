@@ -50,7 +50,9 @@ async fn ca_drains_a_deactivated_aa_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_drains_the_shared_deactivated_aa_peer() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("ca_drains_the_shared_deactivated_aa_peer") else {
+        return;
+    };
     ca_drains(&data.join("CA"), "deac00ed", &Vhost::new("drain-shared")).await;
 }
 
@@ -58,7 +60,7 @@ async fn ca_drains_the_shared_deactivated_aa_peer() {
 /// RejectedConfig replies, none for the PrepareTransfer, the queue empty,
 /// and a clean stop on SIGTERM.
 async fn ca_drains(ca_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(vhost).await;
     sink_queue(&ch, "creditors_in", "ca_received").await;
     declare_peer_queue(&ch, "to_gone").await;
     let mut pt = prepare_transfer(1);
@@ -95,13 +97,7 @@ async fn ca_drains(ca_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
             Some(&AMQPValue::Boolean(false))
         );
     }
-    for _ in 0..50 {
-        if message_count(&ch, "to_gone").await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(message_count(&ch, "to_gone").await, 0);
+    wait_for_count(&ch, "to_gone", 0, Duration::from_secs(5)).await;
     assert_eq!(
         message_count(&ch, "ca_received").await,
         0,
@@ -162,7 +158,7 @@ fn account_update() -> Value {
 /// The AA drains its deactivated CA peer: a FinalizeTransfer for the
 /// PreparedTransfer, a ConfigureAccount for each AccountUpdate.
 async fn aa_drains(aa_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(vhost).await;
     sink_queue(&ch, "accounts_in", "aa_received").await;
     declare_peer_queue(&ch, "to_gone").await;
     let pt = prepared_transfer();
@@ -218,18 +214,14 @@ async fn aa_drains(aa_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
         assert_eq!(c["seqnum"], json!(0));
         assert_eq!(c["config_data"], json!(""));
     }
-    for _ in 0..50 {
-        if message_count(&ch, "to_gone").await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(message_count(&ch, "to_gone").await, 0);
+    wait_for_count(&ch, "to_gone", 0, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aa_drains_the_shared_deactivated_ca_peer() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("aa_drains_the_shared_deactivated_ca_peer") else {
+        return;
+    };
     let vhost = Vhost::new("aadrain-shared");
     aa_drains(&data.join("AA"), "09cab36b6079e09c32a9dfd60446c469", &vhost).await;
 }
@@ -255,7 +247,7 @@ async fn drainer_outlives_a_broker_restart() {
     let vhost = Vhost::new("drain-restart");
     let ca = serde_json::to_vec(&configure_account()).unwrap();
     let mut drainer = {
-        let (_conn, ch) = vhost.channel().await;
+        let (_conn, ch) = channel(&vhost).await;
         sink_queue(&ch, "creditors_in", "ca_received").await;
         declare_peer_queue(&ch, "to_gone").await;
         publish(&ch, "", "to_gone", "ConfigureAccount", &ca).await;
@@ -271,7 +263,7 @@ async fn drainer_outlives_a_broker_restart() {
     let run = |a: &str| std::process::Command::new("rabbitmqctl").arg(a).output().unwrap();
     assert!(run("stop_app").status.success());
     assert!(run("start_app").status.success());
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(&vhost).await;
     publish(&ch, "", "to_gone", "ConfigureAccount", &ca).await;
     let got = collect(&ch, "ca_received", 1, Duration::from_secs(60)).await;
     let v: Value = serde_json::from_slice(&got[0].data).unwrap();

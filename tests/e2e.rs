@@ -41,7 +41,7 @@ async fn ca_to_aa_with(
     n: i64,
     poison: Option<&[u8]>,
 ) {
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(vhost).await;
     sink_queue(&ch, "accounts_in", "aa_received").await;
     configure_queue(ca_dir, "1234abcd", "to_aa", &vhost.url);
     let port = aa_port.to_string();
@@ -99,13 +99,7 @@ async fn ca_to_aa_with(
     }
     assert_eq!(seen.len(), n as usize, "every message arrived");
     // The client acks everything: the queue ends empty.
-    for _ in 0..100 {
-        if message_count(&ch, "to_aa").await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(message_count(&ch, "to_aa").await, 0);
+    wait_for_count(&ch, "to_aa", 0, Duration::from_secs(10)).await;
     if poison.is_some() {
         assert_eq!(
             message_count(&ch, "to_aa.XQ").await,
@@ -141,7 +135,9 @@ async fn poison_message_is_dead_lettered_and_the_rest_arrive() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ca_to_aa_shared_test_network() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("ca_to_aa_shared_test_network") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let aa = tmp.path().join("AA");
     let ca = tmp.path().join("CA");

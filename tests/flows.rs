@@ -4,11 +4,11 @@
 mod common;
 
 use common::*;
-use nodedata::generate::Devnet;
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use swpt_testkit::generate::Devnet;
 
 struct Flow<'a> {
     sender: &'a Path,
@@ -22,7 +22,7 @@ struct Flow<'a> {
 /// Sends `messages` from `sender` to `receiver` through the real binaries
 /// and returns what lands in the receiver's `*_in` exchange.
 async fn flow(vhost: &Vhost, f: &Flow<'_>, messages: &[(&str, Value)]) -> Vec<Value> {
-    let (_c, ch) = vhost.channel().await;
+    let (_c, ch) = channel(vhost).await;
     sink_queue(&ch, f.in_exchange, "received").await;
     let out = run(
         "configure-queue",
@@ -101,8 +101,8 @@ fn rewrite_servers(manifest: &Path, port: u16) {
 }
 
 /// The Python gateway's test network, copied, on free ports.
-fn shared(tmp: &Path) -> Option<Nodes> {
-    let data = shared_data()?;
+fn shared(test: &str, tmp: &Path) -> Option<Nodes> {
+    let data = shared_data(test)?;
     for node in ["AA", "CA", "DA"] {
         copy_dir(&data.join(node), &tmp.join(node));
     }
@@ -214,7 +214,9 @@ async fn aa_to_ca_unmasquerades() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aa_to_ca_shared_network() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(n) = shared(tmp.path()) else { return };
+    let Some(n) = shared("aa_to_ca_shared_network", tmp.path()) else {
+        return;
+    };
     aa_to_ca(&n, &Vhost::new("aa2ca-shared")).await;
 }
 
@@ -227,7 +229,9 @@ async fn aa_to_da_and_da_to_aa() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aa_to_da_and_da_to_aa_shared_network() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(n) = shared(tmp.path()) else { return };
+    let Some(n) = shared("aa_to_da_and_da_to_aa_shared_network", tmp.path()) else {
+        return;
+    };
     aa_to_da_and_back(&n, "shared").await;
 }
 
@@ -286,7 +290,7 @@ async fn server_killed_mid_stream_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
     let net: Devnet = devnet(tmp.path());
     let vhost = Vhost::new("sigkill");
-    let (_c, ch) = vhost.channel().await;
+    let (_c, ch) = channel(&vhost).await;
     const N: i64 = 5000;
     let (mut server, client, port) = stream_to_aa(&net, &vhost, &ch, N).await;
     // Let part of the stream through, then kill the server.
@@ -300,7 +304,6 @@ async fn server_killed_mid_stream_nothing_is_lost() {
         seen.insert(request_id(&d));
     }
     server.sigkill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let _server = aa_server(&net, &vhost, port).await;
     // The client reconnects by itself; every message arrives at least once.
     collect_ids(&mut received, &mut seen, N, Duration::from_secs(90)).await;
@@ -321,7 +324,7 @@ async fn broker_restart_mid_stream_nothing_is_lost() {
     let vhost = Vhost::new("broker-restart");
     const N: i64 = 3000;
     let (_server, client) = {
-        let (_c, ch) = vhost.channel().await;
+        let (_c, ch) = channel(&vhost).await;
         let (server, client, _) = stream_to_aa(&net, &vhost, &ch, N).await;
         // Nothing is consumed before the restart (an auto-ack consumer
         // would take messages with it): wait until part of the stream is in.
@@ -339,7 +342,7 @@ async fn broker_restart_mid_stream_nothing_is_lost() {
     let ctl = |a: &str| std::process::Command::new("rabbitmqctl").arg(a).output().unwrap();
     assert!(ctl("stop_app").status.success());
     assert!(ctl("start_app").status.success());
-    let (_c, ch) = vhost.channel().await;
+    let (_c, ch) = channel(&vhost).await;
     let mut received = Collector::new(&ch, "received").await;
     let mut seen = HashSet::new();
     collect_ids(&mut received, &mut seen, N, Duration::from_secs(120)).await;
@@ -390,8 +393,8 @@ fn help_shows_defaults_and_env_names() {
     }
 }
 
-#[test]
-fn json_logs_and_clear_startup_errors() {
+#[tokio::test]
+async fn json_logs_and_clear_startup_errors() {
     let out = std::process::Command::new(bin("swpt-server"))
         .env("SWPT_NODEDATA_URL", "file:///nonexistent/db")
         .env("APP_LOG_FORMAT", "json")
@@ -418,7 +421,7 @@ fn json_logs_and_clear_startup_errors() {
         "amqp://guest:guest@127.0.0.1:5672",
         &[],
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    wait_port(port).await;
     server.sigterm();
     let status = server.0.wait().unwrap();
     assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}");
@@ -442,32 +445,48 @@ async fn client_refuses_a_missing_queue_and_an_unknown_peer() {
     assert!(err.contains("abcdef12 is not an active peer"), "{err}");
 }
 
-#[test]
-fn cpu_affinity_pins_every_thread_and_bad_lists_are_refused() {
+#[tokio::test]
+async fn cpu_affinity_pins_every_thread_and_bad_lists_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
-    let port = free_port().to_string();
+    let port = free_port();
     let server = spawn(
         "swpt-server",
         &[],
         &net.aa_dir,
         "amqp://guest:guest@127.0.0.1:5672",
-        &[("SWPT_SERVER_PORT", &port), ("APP_CPU_AFFINITY", "0")],
+        &[("SWPT_SERVER_PORT", &port.to_string()), ("APP_CPU_AFFINITY", "0")],
     );
-    std::thread::sleep(Duration::from_millis(1000));
-    let pid = server.0.id();
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
-    let mut n = 0;
-    for task in tasks {
-        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
-        let allowed = status
+    // Listening: the node database has been read on the blocking pool's
+    // threads, which were started after the pinning.
+    wait_port(port).await;
+    let allowed = |task: &Path| {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let line = status
             .lines()
             .find(|l| l.starts_with("Cpus_allowed_list:"))
-            .unwrap();
-        assert_eq!(allowed.split_whitespace().nth(1), Some("0"), "{allowed}");
-        n += 1;
+            .unwrap()
+            .to_string();
+        line.split_whitespace().nth(1).unwrap_or("").to_string()
+    };
+    let pid = server.0.id();
+    let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| t.unwrap().path())
+        .collect();
+    assert!(
+        tasks.len() >= 2,
+        "the main thread and the blocking pool's: {tasks:?}"
+    );
+    for task in &tasks {
+        assert_eq!(allowed(task), "0", "{}", task.display());
     }
-    assert!(n >= 1);
+    // Unpinned, a thread may run on every CPU (more than CPU 0 when the
+    // machine has several), so the "0" above is the pinning's doing.
+    let ours = allowed(Path::new("/proc/thread-self"));
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert_ne!(ours, "0", "this test's own thread is not pinned");
+    }
     drop(server);
 
     let out = std::process::Command::new(bin("swpt-server"))

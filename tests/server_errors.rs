@@ -5,10 +5,10 @@ mod common;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use nodedata::generate::Devnet;
 use std::sync::Arc;
 use std::time::Duration;
 use stomp_codec::{Frame, StompCodec, StompItem};
+use swpt_testkit::generate::Devnet;
 use tokio_util::codec::Framed;
 
 type Conn = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, StompCodec>;
@@ -91,7 +91,7 @@ async fn every_session_error_and_receipt_order() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let vhost = Vhost::new("errors");
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(&vhost).await;
     sink_queue(&ch, "accounts_in", "aa_received").await;
     let port = net_port(&net);
     let _server = aa_server(
@@ -391,7 +391,7 @@ async fn unpublishable_sends_are_never_receipted() {
 
     // A broker whose accounts_in routes the message nowhere (mandatory).
     let vhost = Vhost::new("unroutable");
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(&vhost).await;
     let durable = lapin::options::ExchangeDeclareOptions {
         durable: true,
         ..Default::default()

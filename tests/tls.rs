@@ -5,7 +5,6 @@ mod common;
 
 use common::*;
 use futures::{SinkExt, StreamExt};
-use nodedata::generate::{node_dn, write_peer, Authority, LeafOptions, NodeFiles, PeerLink, Validity};
 use nodedata::{CertificateDer, NodeType};
 use rcgen::{DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,6 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use stomp_codec::{Frame, StompCodec, StompItem};
+use swpt_testkit::generate::{node_dn, write_peer, Authority, LeafOptions, NodeFiles, PeerLink, Validity};
 use tokio_util::codec::Framed;
 
 /// Accepts any server: for the server-side refusal cases.
@@ -518,7 +518,9 @@ async fn client_side_matrix() {
 /// Handshakes both ways over the Python gateway's real test network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_network_handshakes_both_ways() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("shared_network_handshakes_both_ways") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     for node in ["AA", "CA", "DA"] {
         copy_dir(&data.join(node), &tmp.path().join(node));

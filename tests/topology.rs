@@ -11,7 +11,9 @@ use std::time::Duration;
 /// subnet reaches the queue, one outside does not; a rejected message is
 /// dead-lettered to QUEUE.XQ.
 async fn check_topology(aa: &Path, ca: &Path, da: &Path, ca_id: &str, da_id: &str, vhost: &Vhost) {
-    let (_conn, ch) = vhost.channel().await;
+    let (_conn, ch) = channel(vhost).await;
+    // Publishes return once confirmed, that is once routed.
+    ch.confirm_select(Default::default()).await.unwrap();
     // (node, peer, main exchange, a key inside, a key outside)
     let cases = [
         (
@@ -46,7 +48,6 @@ async fn check_topology(aa: &Path, ca: &Path, da: &Path, ca_id: &str, da_id: &st
         if let Some(outside) = outside {
             publish(&ch, exchange, outside, "AccountPurge", b"{}").await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             message_count(&ch, &queue).await,
             1,
@@ -64,8 +65,7 @@ async fn check_topology(aa: &Path, ca: &Path, da: &Path, ca_id: &str, da_id: &st
         )
         .await
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(message_count(&ch, &format!("{queue}.XQ")).await, 1);
+        wait_for_count(&ch, &format!("{queue}.XQ"), 1, Duration::from_secs(5)).await;
     }
 }
 
@@ -87,7 +87,9 @@ async fn configure_queue_routes_by_subnet_for_every_pairing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configure_queue_on_the_shared_network() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("configure_queue_on_the_shared_network") else {
+        return;
+    };
     let vhost = Vhost::new("topology-shared");
     check_topology(
         &data.join("AA"),

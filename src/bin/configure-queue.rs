@@ -5,24 +5,22 @@ use amqp_bridge::topology::{declare, topology_for};
 use amqp_bridge::SharedConnection;
 use clap::Parser;
 use nodedata::NodeDatabase;
-use swpt_gateway::config::{finish, CommonArgs};
+use swpt_gateway::config::{CommonArgs, PeerQueueArgs};
+use swpt_gateway::exit::run_main;
 
 /// Declares the exchanges, bindings and queues (QUEUE and QUEUE.XQ) that
 /// route messages for one peer; running it twice is harmless.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Cli {
-    /// The peer's node ID.
-    peer_node_id: String,
-    /// The queue to declare.
-    queue_name: String,
+    #[command(flatten)]
+    queue: PeerQueueArgs,
     #[command(flatten)]
     common: CommonArgs,
 }
 
-#[tokio::main]
-async fn main() {
-    finish(run().await)
+fn main() {
+    run_main(run())
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -31,13 +29,13 @@ async fn run() -> anyhow::Result<()> {
     let db = NodeDatabase::open(&cli.common.nodedata_url, internal.peers_cache())?;
     let node = db.node_data().await?;
     let peer = db
-        .peer_data(&cli.peer_node_id)
+        .peer_data(&cli.queue.peer_node_id)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("peer {} is not in the node database", cli.peer_node_id))?;
+        .ok_or_else(|| anyhow::anyhow!("peer {} is not in the node database", cli.queue.peer_node_id))?;
     if peer.is_deactivated() {
-        anyhow::bail!("peer {} has been deactivated", cli.peer_node_id);
+        anyhow::bail!("peer {} has been deactivated", cli.queue.peer_node_id);
     }
-    let topology = topology_for(&node, &peer, &cli.queue_name)?;
+    let topology = topology_for(&node, &peer, &cli.queue.queue_name)?;
     let broker = SharedConnection::new(&cli.common.broker_url, internal.rmq_connection_timeout());
     let declared = declare(&broker, &topology).await;
     broker.close().await;

@@ -1,8 +1,10 @@
 //! `swpt-server`: accepts peers' STOMP connections (see `swpt_gateway::server`).
 
 use clap::Parser;
-use swpt_gateway::config::{finish, shutdown_signal, CertArgs, CommonArgs};
+use swpt_gateway::config::{CertArgs, CommonArgs};
+use swpt_gateway::exit::run_main;
 use swpt_gateway::server::{bind, serve, ServerContext};
+use swpt_gateway::shutdown::Shutdown;
 
 /// Accepts mutually authenticated TLS STOMP connections from the node's
 /// peers and publishes the messages they send to the node's RabbitMQ.
@@ -21,27 +23,24 @@ struct Cli {
     common: CommonArgs,
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    finish(run().await)
-}
-
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let internal = cli.common.start()?;
-    let backlog = internal.app_stomp_server_backlog;
-    let ctx = ServerContext::new(
-        &cli.common.nodedata_url,
-        &cli.common.broker_url,
-        &cli.cert.server_cert,
-        &cli.cert.server_key,
-        cli.server_buffer,
-        internal,
-    )
-    .await?;
-    let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
-    let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    tracing::info!("{} {} listening on {addr}", ctx.node.node_type, ctx.node.node_id);
-    serve(listener, ctx, shutdown_signal()).await;
-    Ok(())
+fn main() {
+    run_main(async {
+        let cli = Cli::parse();
+        let internal = cli.common.start()?;
+        let backlog = internal.app_stomp_server_backlog;
+        let ctx = ServerContext::new(
+            &cli.common.nodedata_url,
+            &cli.common.broker_url,
+            &cli.cert.server_cert,
+            &cli.cert.server_key,
+            cli.server_buffer,
+            internal,
+        )
+        .await?;
+        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
+        let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        tracing::info!("{} {} listening on {addr}", ctx.node.node_type, ctx.node.node_id);
+        serve(listener, ctx, Shutdown::on_signals()).await;
+        Ok(())
+    })
 }

@@ -6,54 +6,20 @@ use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
-use nodedata::generate::{write_devnet, Devnet, DevnetOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
+#[allow(unused_imports)]
+pub use swpt_testkit::{shared_data, Vhost};
 
-/// A vhost that lives as long as the value.
-pub struct Vhost {
-    pub name: String,
-    pub url: String,
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl must be installed");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Vhost {
-    pub fn new(prefix: &str) -> Vhost {
-        let name = format!("swpt-test-{prefix}-{}", std::process::id());
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &name]).output();
-        rabbitmqctl(&["add_vhost", &name]);
-        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        let url = format!("amqp://guest:guest@127.0.0.1:5672/{name}");
-        Vhost { name, url }
-    }
-
-    pub async fn channel(&self) -> (Connection, Channel) {
-        let conn = amqp_bridge::connect(&self.url, Duration::from_secs(10))
-            .await
-            .expect("connect to RabbitMQ");
-        let ch = conn.create_channel().await.unwrap();
-        (conn, ch)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.name])
-            .output();
-    }
+/// A lapin connection and channel in a test's vhost.
+pub async fn channel(vhost: &Vhost) -> (Connection, Channel) {
+    let conn = amqp_bridge::connect(&vhost.url, Duration::from_secs(10))
+        .await
+        .expect("connect to RabbitMQ");
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
 }
 
 pub fn free_port() -> u16 {
@@ -238,6 +204,22 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, msg_type: &str, bo
     .unwrap();
 }
 
+/// Waits until `queue` holds exactly `n` messages; panics after `within`.
+pub async fn wait_for_count(ch: &Channel, queue: &str, n: u32, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let count = message_count(ch, queue).await;
+        if count == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "\"{queue}\" holds {count} messages, not {n}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Collects `n` deliveries from `queue` (auto-acked), or panics after
 /// `timeout`.
 pub async fn collect(
@@ -276,34 +258,11 @@ pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
     .message_count()
 }
 
-pub fn shared_data() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/swpt-test-data");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        // Straight to stderr, past the test harness's capture, so the skip shows.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"SKIPPED: ../shared/swpt-test-data is not beside the repository\n",
-        );
-        None
-    }
-}
-
+/// Copies a directory tree.
 pub fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
+    swpt_testkit::copy_dir(from, to).unwrap();
 }
 
-/// The port of `peer`'s first server, from `node`'s copy of its manifest.
 pub fn peer_port(node: &Path, peer: &str) -> u16 {
     let text = std::fs::read_to_string(node.join(format!("peers/{peer}/nodeinfo/stomp.toml"))).unwrap();
     nodedata::parse_manifest(&text, "x").unwrap().servers[0].port

@@ -18,7 +18,6 @@ use lapin::options::{
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use smp_json::HeaderValue;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -132,10 +131,18 @@ impl SharedConnection {
     }
 }
 
+/// The value of one message header, as the gateway publishes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
 /// An AMQP field table from the gateway's headers, with each integer in
 /// the smallest type that holds it (`b`, `s`, `u`, `I`, `i`, `l`), as the
 /// Python gateway writes them: RabbitMQ's headers exchanges compare types.
-pub fn headers_table(headers: &[(&str, HeaderValue)]) -> FieldTable {
+pub fn headers_table(headers: &[(&'static str, HeaderValue)]) -> FieldTable {
     let mut table = FieldTable::default();
     for (name, value) in headers {
         let v = match value {
@@ -172,7 +179,7 @@ pub struct OutMessage<'a> {
     pub routing_key: &'a str,
     pub msg_type: &'a str,
     pub body: &'a [u8],
-    pub headers: &'a [(&'static str, HeaderValue)],
+    pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
 /// How every message is published: mandatory, so that an unroutable one
@@ -191,7 +198,7 @@ impl OutMessage<'_> {
             .with_type(ShortString::from(self.msg_type))
             .with_delivery_mode(2)
             .with_app_id(ShortString::from("swpt_stomp"))
-            .with_headers(headers_table(self.headers))
+            .with_headers(headers_table(&self.headers))
     }
 }
 
@@ -291,6 +298,7 @@ pub struct InMessage {
 pub struct Consumer {
     channel: Channel,
     consumer: lapin::Consumer,
+    queue: String,
 }
 
 /// Fails with [`BridgeError::NoQueue`] unless `queue` exists (a passive
@@ -322,16 +330,21 @@ pub async fn check_queue(conn: &SharedConnection, queue: &str) -> Result<(), Bri
 }
 
 impl Consumer {
-    /// Starts consuming `queue` (which must exist) with `prefetch`
-    /// unacknowledged messages at most.
-    pub async fn new(conn: &SharedConnection, queue: &str, prefetch: u16) -> Result<Consumer, BridgeError> {
+    /// Starts consuming `queue` (which must exist) with `window`
+    /// unacknowledged messages at most (the AMQP prefetch, 1 to 65535).
+    pub async fn new(conn: &SharedConnection, queue: &str, window: usize) -> Result<Consumer, BridgeError> {
+        let prefetch = u16::try_from(window).unwrap_or(u16::MAX).max(1);
         let channel = conn.channel().await?;
         ensure_queue(&channel, queue).await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let consumer = channel
             .basic_consume(queue, "", BasicConsumeOptions::default(), FieldTable::default())
             .await?;
-        Ok(Consumer { channel, consumer })
+        Ok(Consumer {
+            channel,
+            consumer,
+            queue: queue.to_string(),
+        })
     }
 
     /// The next delivery; an error when the channel or consumer is gone.
@@ -378,6 +391,18 @@ impl Consumer {
                 .basic_reject(tag, BasicRejectOptions { requeue: false })
                 .await
         });
+    }
+
+    /// Dead-letters a delivery the gateway cannot handle (to
+    /// `<QUEUE>.XQ` with the configure-queue topology), with an error
+    /// log saying why; the queue goes on.
+    pub fn dead_letter(&self, tag: u64, why: &str) {
+        tracing::error!(
+            delivery_tag = tag,
+            "rejecting a message to {}.XQ: {why}",
+            self.queue
+        );
+        self.reject(tag);
     }
 
     /// Closes the channel (unacked deliveries go back to the queue).

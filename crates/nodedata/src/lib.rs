@@ -5,11 +5,10 @@
 //! ([`NodeData`]), who our peers are ([`PeerData`]), their subnets
 //! ([`Subnet`]) and STOMP servers manifests ([`StompManifest`]). The
 //! [`NodeDatabase`] handle reads it without blocking the async runtime and
-//! caches active peers. The [`generate`] module writes complete test
-//! networks with certificates that follow the Swaptacular profile.
+//! caches active peers. (The test-network generator lives in the
+//! `swpt-testkit` crate, out of the production binaries.)
 
 mod db;
-pub mod generate;
 mod manifest;
 mod subnet;
 

@@ -187,17 +187,23 @@ impl StompCodec {
         self.limits.max_command_len + 2 + self.limits.max_headers_len
     }
 
+    /// The one rule for a command line: uppercase letters only and, once
+    /// the line is `complete`, 1 to `max_command_len` of them.
+    fn check_command(&self, line: &[u8], complete: bool) -> Result<(), CodecError> {
+        let max = self.limits.max_command_len;
+        let chars_ok = line.iter().all(|b| b.is_ascii_uppercase());
+        let len_ok = !complete || (!line.is_empty() && line.len() <= max);
+        if chars_ok && len_ok {
+            Ok(())
+        } else {
+            Err(CodecError::InvalidCommand { max })
+        }
+    }
+
     fn parse_head(&self, head: &[u8]) -> Result<ParsedHead, CodecError> {
         let mut lines = head.split(|&b| b == b'\n').map(strip_cr);
         let command = lines.next().unwrap_or_default();
-        if command.is_empty()
-            || command.len() > self.limits.max_command_len
-            || !command.iter().all(|b| b.is_ascii_uppercase())
-        {
-            return Err(CodecError::InvalidCommand {
-                max: self.limits.max_command_len,
-            });
-        }
+        self.check_command(command, true)?;
         // Safe: checked to be ASCII above.
         let command = String::from_utf8_lossy(command).into_owned();
         let header_bytes = head.len() - command.len() - 1;
@@ -368,11 +374,7 @@ impl Decoder for StompCodec {
                             Some(_) => strip_cr(line),
                             None => line.strip_suffix(b"\r").unwrap_or(line),
                         };
-                        if !line.iter().all(|b| b.is_ascii_uppercase()) {
-                            return Err(CodecError::InvalidCommand {
-                                max: self.limits.max_command_len,
-                            });
-                        }
+                        self.check_command(line, false)?;
                     }
                     if newline.is_none() {
                         if src.len() >= cmd_window {
@@ -398,15 +400,7 @@ impl Decoder for StompCodec {
                             if src.len() >= max_head {
                                 // Report a bad command line before the size.
                                 let first = memchr::memchr(b'\n', src).unwrap_or(0);
-                                let cmd = strip_cr(&src[..first]);
-                                if cmd.is_empty()
-                                    || cmd.len() > self.limits.max_command_len
-                                    || !cmd.iter().all(|b| b.is_ascii_uppercase())
-                                {
-                                    return Err(CodecError::InvalidCommand {
-                                        max: self.limits.max_command_len,
-                                    });
-                                }
+                                self.check_command(strip_cr(&src[..first]), true)?;
                                 return Err(CodecError::HeadersTooLong {
                                     max: self.limits.max_headers_len,
                                 });

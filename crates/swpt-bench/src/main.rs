@@ -22,12 +22,12 @@ use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-use nodedata::generate::{write_devnet, Devnet, DevnetOptions};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
 
 #[derive(Parser)]
 #[command(
@@ -508,14 +508,7 @@ async fn broker_limit(
     count: u64,
     window: usize,
 ) -> anyhow::Result<Figures> {
-    let props = amqp_bridge::OutMessage {
-        exchange: LIMIT_EXCHANGE,
-        routing_key: &like.routing_key,
-        msg_type: like.msg_type.as_str(),
-        body: &like.body,
-        headers: &like.headers,
-    }
-    .properties();
+    let props = swpt_gateway::publish::out_message(LIMIT_EXCHANGE, like).properties();
     let ch = conn.create_channel().await?;
     declare_sink(&ch, LIMIT_EXCHANGE, "bench.dst").await?;
     ch.queue_declare(
@@ -874,7 +867,7 @@ fn main() -> anyhow::Result<()> {
     // With APP_CPU_AFFINITY set, the bench (all its threads, and so the
     // broker-limit loop) runs on the same CPUs as the gateway processes it
     // starts: pinned before the runtime starts its threads.
-    swpt_gateway::config::apply_cpu_affinity()?;
+    swpt_gateway::affinity::apply_from_env()?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?

@@ -3,11 +3,11 @@
 
 use crate::{prepare_transfer, proc_stats, rss_kib, spawn};
 use futures::{SinkExt, StreamExt};
-use nodedata::generate::{write_devnet, DevnetOptions};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stomp_codec::{Frame, StompCodec, StompItem};
+use swpt_testkit::generate::{write_devnet, DevnetOptions};
 use tokio_util::codec::Framed;
 
 /// Counters shared by the peers.

@@ -5,38 +5,7 @@
 
 use std::path::Path;
 use std::process::Command;
-
-/// A vhost of this test's own, deleted on drop.
-struct Vhost(String);
-
-impl Vhost {
-    fn new(what: &str) -> Vhost {
-        let name = format!("swpt-test-bench-{what}-{}", std::process::id());
-        let ctl = |args: &[&str]| {
-            let out = Command::new("rabbitmqctl")
-                .args(args)
-                .output()
-                .expect("rabbitmqctl must be installed");
-            assert!(
-                out.status.success(),
-                "rabbitmqctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &name]).output();
-        ctl(&["add_vhost", &name]);
-        ctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
-        Vhost(name)
-    }
-}
-
-impl Drop for Vhost {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["delete_vhost", &self.0])
-            .output();
-    }
-}
+use swpt_testkit::{skip, Vhost};
 
 /// The number after `prefix` on the line that starts with it.
 fn figure(out: &str, prefix: &str) -> f64 {
@@ -57,19 +26,17 @@ fn figure(out: &str, prefix: &str) -> f64 {
 fn bench(name: &str, args: &[&str]) -> Option<String> {
     let bench = Path::new(env!("CARGO_BIN_EXE_swpt-bench"));
     if !bench.with_file_name("swpt-server").is_file() || !bench.with_file_name("swpt-client").is_file() {
-        eprintln!(
-            "SKIPPED: the gateway's binaries are not built beside {} (run cargo test --workspace)",
+        let why = format!(
+            "the gateway's binaries are not built beside {} (run cargo test --workspace)",
             bench.display()
         );
+        skip(&format!("swpt-bench {name}"), &why);
         return None;
     }
-    let vhost = Vhost::new(name);
+    let vhost = Vhost::new(&format!("bench-{name}"));
     let out = Command::new(bench)
         .args(args)
-        .env(
-            "PROTOCOL_BROKER_URL",
-            format!("amqp://guest:guest@127.0.0.1:5672/{}", vhost.0),
-        )
+        .env("PROTOCOL_BROKER_URL", &vhost.url)
         .output()
         .expect("run swpt-bench");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

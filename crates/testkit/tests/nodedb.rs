@@ -1,21 +1,11 @@
 //! Reads the shared test network of the Python gateway and generated
 //! networks, and checks the generated certificates with OpenSSL.
 
-use nodedata::generate::{write_devnet, Authority, DevnetOptions, LeafOptions};
 use nodedata::{NodeDatabase, NodeType, PeerCacheSettings, PeerState, ServerAddr, Subnet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn shared_data() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/swpt-test-data");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        // Straight to stderr, past the test harness's capture, so the skip shows.
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), b"SKIPPED: ../shared/swpt-test-data is not beside the repository (only the generated network is tested)\n");
-        None
-    }
-}
+use swpt_testkit::generate::{write_devnet, Authority, DevnetOptions, LeafOptions};
+use swpt_testkit::{copy_dir, shared_data};
 
 fn db(dir: &Path) -> NodeDatabase {
     NodeDatabase::open(&format!("file://{}", dir.display()), PeerCacheSettings::default()).unwrap()
@@ -25,25 +15,14 @@ fn sub(s: &str) -> Subnet {
     Subnet::parse(s).unwrap()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 const CA_ID: &str = "5921983fe0e6eb987aeedca54ad3c708";
 const DA_ID: &str = "060791aeca7637fa3357dfc0299fb4c5";
 
 #[tokio::test]
 async fn reads_the_shared_aa_node() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("reads_the_shared_aa_node") else {
+        return;
+    };
     let db = db(&data.join("AA"));
     let node = db.node_data().await.unwrap();
     assert_eq!(node.node_type, NodeType::AA);
@@ -93,7 +72,9 @@ async fn reads_the_shared_aa_node() {
 
 #[tokio::test]
 async fn reads_the_shared_ca_and_da_nodes() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("reads_the_shared_ca_and_da_nodes") else {
+        return;
+    };
     let ca = db(&data.join("CA"));
     let node = ca.node_data().await.unwrap();
     assert_eq!(node.node_type, NodeType::CA);
@@ -123,9 +104,11 @@ async fn reads_the_shared_ca_and_da_nodes() {
 
 #[tokio::test]
 async fn ca_masquerade_subnet_must_match_our_mask() {
-    let Some(data) = shared_data() else { return };
+    let Some(data) = shared_data("ca_masquerade_subnet_must_match_our_mask") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&data.join("CA"), tmp.path());
+    copy_dir(&data.join("CA"), tmp.path()).unwrap();
     std::fs::write(tmp.path().join("peers/1234abcd/masq-subnet.txt"), "0001\n").unwrap();
     let err = db(tmp.path())
         .peer_data("1234abcd")
@@ -306,7 +289,7 @@ async fn bad_databases_give_errors_naming_the_file() {
     .unwrap();
     let fresh = |name: &str| {
         let d = tmp.path().join(name);
-        copy_dir(&net.aa_dir, &d);
+        copy_dir(&net.aa_dir, &d).unwrap();
         d
     };
     let ca = net.ca_id.clone();

@@ -1,8 +1,21 @@
-//! What both STOMP sides share: timing, heart-beat negotiation, the
-//! silence watchdog, and the frames the protocol texts live in.
+//! What both STOMP sides share (SPEC section 5), below the server's and
+//! the client's session loops:
+//!
+//! - [`Timing`]: the timing constants and heart-beat negotiation;
+//! - [`frames`]: incoming frames parsed once into typed commands, and the
+//!   outgoing frames, where every protocol text lives;
+//! - [`liveness`]: our heart-beats and the silence watchdog, as one timer;
+//! - [`batch`]: cumulative confirmations gathered into few writes (the
+//!   server's RECEIPTs, the client's acks).
 
-use std::time::{Duration, Instant};
-use stomp_codec::Frame;
+pub mod batch;
+pub mod frames;
+pub mod liveness;
+
+pub use batch::Batch;
+pub use liveness::{Due, Liveness};
+
+use std::time::Duration;
 
 /// The STOMP timing constants (SPEC section 5).
 #[derive(Clone, Copy, Debug)]
@@ -29,16 +42,24 @@ impl Timing {
         )
     }
 
-    /// Negotiates with the other side's `heart-beat` (cx, cy): returns
-    /// (how often we send, how often we expect data), `None` for off.
-    pub fn negotiate(&self, theirs: (u64, u64)) -> (Option<Duration>, Option<Duration>) {
+    /// Negotiates with the other side's `heart-beat` (cx, cy).
+    pub fn negotiate(&self, theirs: (u64, u64)) -> HeartBeats {
         let (cx, cy) = theirs;
         let ours_send = self.heartbeat_send.as_millis() as u64;
         let ours_recv = self.heartbeat_recv.as_millis() as u64;
         let send = (ours_send != 0 && cy != 0).then(|| Duration::from_millis(ours_send.max(cy)));
         let recv = (cx != 0 && ours_recv != 0).then(|| Duration::from_millis(cx.max(ours_recv)));
-        (send, recv)
+        HeartBeats { send, expect: recv }
     }
+}
+
+/// The negotiated heart-beats of a session; `None` for off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartBeats {
+    /// How often we send (at least) something.
+    pub send: Option<Duration>,
+    /// How often we expect data from the other side.
+    pub expect: Option<Duration>,
 }
 
 /// Parses a `heart-beat` header: two non-negative integers.
@@ -52,42 +73,6 @@ pub fn parse_heartbeat(value: Option<&str>) -> Option<(u64, u64)> {
         (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().ok())?
     };
     Some((parse(a)?, parse(b)?))
-}
-
-/// Tracks when data last arrived.
-#[derive(Debug)]
-pub struct Watchdog {
-    last: Instant,
-    limit: Option<Duration>,
-}
-
-impl Watchdog {
-    /// `expect`: the negotiated receive interval (`None`: no watchdog).
-    pub fn new(expect: Option<Duration>, timing: &Timing) -> Watchdog {
-        Watchdog {
-            last: Instant::now(),
-            limit: expect.map(|e| e + timing.network_delay),
-        }
-    }
-
-    pub fn fed(&mut self) {
-        self.last = Instant::now();
-    }
-
-    /// Whether the other side has been silent for too long.
-    pub fn starved(&self) -> bool {
-        self.limit.is_some_and(|l| self.last.elapsed() > l)
-    }
-}
-
-/// An `ERROR` frame with `message`.
-pub fn error_frame(message: &str) -> Frame {
-    Frame::new("ERROR").header("message", message)
-}
-
-/// A `RECEIPT` frame.
-pub fn receipt_frame(receipt_id: &str) -> Frame {
-    Frame::new("RECEIPT").header("receipt-id", receipt_id)
 }
 
 #[cfg(test)]
@@ -105,10 +90,11 @@ mod tests {
         };
         assert_eq!(t.offer(), "5000,30000");
         let ms = |v| Some(Duration::from_millis(v));
-        assert_eq!(t.negotiate((0, 0)), (None, None));
-        assert_eq!(t.negotiate((1000, 1000)), (ms(5000), ms(30000)));
-        assert_eq!(t.negotiate((60000, 20000)), (ms(20000), ms(60000)));
-        assert_eq!(t.negotiate((0, 7000)), (ms(7000), None));
+        let hb = |send, expect| HeartBeats { send, expect };
+        assert_eq!(t.negotiate((0, 0)), hb(None, None));
+        assert_eq!(t.negotiate((1000, 1000)), hb(ms(5000), ms(30000)));
+        assert_eq!(t.negotiate((60000, 20000)), hb(ms(20000), ms(60000)));
+        assert_eq!(t.negotiate((0, 7000)), hb(ms(7000), None));
         assert_eq!(parse_heartbeat(Some("10,20")), Some((10, 20)));
         assert_eq!(parse_heartbeat(None), Some((0, 0)));
         for bad in ["", "1", "a,b", "-1,2", "1,2,3", "1,"] {

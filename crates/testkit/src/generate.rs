@@ -10,7 +10,7 @@
 //! hold a critical directoryName name constraint naming the peer. Keys are
 //! ECDSA P-256, which keeps generation fast.
 
-use crate::NodeType;
+use nodedata::NodeType;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, CustomExtension, DistinguishedName, DnType, DnValue,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,

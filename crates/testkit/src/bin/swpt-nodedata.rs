@@ -1,8 +1,8 @@
 //! `swpt-nodedata devnet DIR`: writes a local AA + CA + DA test network.
 
-use nodedata::generate::{write_devnet, DevnetOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use swpt_testkit::generate::{write_devnet, DevnetOptions};
 
 const USAGE: &str = "\
 Usage: swpt-nodedata devnet DIR [--host NAME] [--aa-port N] [--ca-port N] [--da-port N]

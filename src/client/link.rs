@@ -1,0 +1,338 @@
+//! One link of the client: a TLS STOMP connection to one of the peer's
+//! servers, joined to a consumer of the queue.
+//!
+//! ```text
+//!  Consumer ──on_deliveries──> outgoing (smp_json::client_process) ──SEND──> Conn
+//!     ^  │ invalid: dead_letter → QUEUE.XQ                                    │
+//!     │  v                                                                   v
+//!     └── acks: Batch <── on_receipt (cumulative) <── ServerFrame <── on_item
+//! ```
+
+use super::{no_queue, ClientSettings, LinkEnd};
+use crate::session::frames::{disconnect_frame, send_frame, stomp_frame, ServerFrame};
+use crate::session::{Batch, Due, HeartBeats, Liveness, Timing};
+use crate::shutdown::Shutdown;
+use amqp_bridge::{BridgeError, Consumer, InMessage, SharedConnection};
+use futures::{FutureExt, SinkExt, StreamExt};
+use nodedata::{NodeData, PeerData};
+use rand::Rng;
+use std::collections::VecDeque;
+use std::time::Duration;
+use stomp_codec::{CodecError, Frame, StompCodec, StompItem};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Framed;
+
+type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
+
+/// How long a DISCONNECT waits for its RECEIPT.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Makes one link and runs it to its end.
+pub(super) async fn run(
+    s: &ClientSettings,
+    node: &NodeData,
+    peer: &PeerData,
+    connector: &TlsConnector,
+    broker: &SharedConnection,
+    shutdown: &mut Shutdown,
+) -> LinkEnd {
+    if shutdown.is_requested() {
+        return LinkEnd::Shutdown;
+    }
+    let timing = s.internal.timing();
+    let (link, beats) = match Link::start(s, node, peer, connector, broker, &timing).await {
+        Ok(started) => started,
+        Err(end) => return end,
+    };
+    link.run(Liveness::new(beats, &timing), shutdown).await
+}
+
+/// A link in progress.
+struct Link<'a> {
+    s: &'a ClientSettings,
+    node: &'a NodeData,
+    peer: &'a PeerData,
+    conn: Conn,
+    consumer: Consumer,
+    /// Delivery tags sent and not yet receipted, in order.
+    inflight: VecDeque<u64>,
+    acks: Batch<u64>,
+    /// When a DISCONNECT was sent: the deadline for its RECEIPT.
+    disconnecting: Option<Instant>,
+}
+
+impl<'a> Link<'a> {
+    /// Connects, says STOMP, and starts consuming.
+    async fn start(
+        s: &'a ClientSettings,
+        node: &'a NodeData,
+        peer: &'a PeerData,
+        connector: &TlsConnector,
+        broker: &SharedConnection,
+        timing: &Timing,
+    ) -> Result<(Link<'a>, HeartBeats), LinkEnd> {
+        let mut conn = open(peer, connector, timing.connect_timeout)
+            .await
+            .map_err(LinkEnd::Retry)?;
+        let beats = handshake(&mut conn, peer, timing).await.map_err(LinkEnd::Retry)?;
+        let consumer = match Consumer::new(broker, &s.queue, s.buffer).await {
+            Ok(c) => c,
+            Err(e @ BridgeError::NoQueue(_)) => return Err(LinkEnd::Fatal(no_queue(e))),
+            Err(e) => return Err(LinkEnd::Retry(e.to_string())),
+        };
+        let link = Link {
+            s,
+            node,
+            peer,
+            conn,
+            consumer,
+            inflight: VecDeque::new(),
+            acks: Batch::new(s.buffer),
+            disconnecting: None,
+        };
+        Ok((link, beats))
+    }
+
+    /// Runs the link until it ends, then closes it: what the server
+    /// receipted is acked before the channel closes.
+    async fn run(mut self, mut liveness: Liveness, shutdown: &mut Shutdown) -> LinkEnd {
+        let end = loop {
+            let room = self.inflight.len() < self.s.buffer && self.disconnecting.is_none();
+            let step = tokio::select! {
+                _ = shutdown.requested(), if self.disconnecting.is_none() => self.on_shutdown().await,
+                _ = until(self.disconnecting) => {
+                    tracing::warn!("no RECEIPT for DISCONNECT in time; unconfirmed messages will be redelivered");
+                    Err(LinkEnd::Shutdown)
+                }
+                delivery = self.consumer.next(), if room => self.on_deliveries(delivery).await,
+                item = self.conn.next() => {
+                    liveness.fed();
+                    self.on_item(item)
+                }
+                _ = self.acks.due() => {
+                    self.flush_acks();
+                    Ok(())
+                }
+                due = liveness.due() => self.on_due(due).await,
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        self.flush_acks();
+        self.consumer.close().await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            SinkExt::<StompItem>::close(&mut self.conn),
+        )
+        .await;
+        end
+    }
+
+    /// Shutdown: done when nothing is in flight; otherwise DISCONNECT and
+    /// wait for its RECEIPT.
+    async fn on_shutdown(&mut self) -> Result<(), LinkEnd> {
+        let Some(last) = self.inflight.back().copied() else {
+            return Err(LinkEnd::Shutdown);
+        };
+        if self.conn.send(disconnect_frame(last)).await.is_err() {
+            return Err(LinkEnd::Shutdown);
+        }
+        self.disconnecting = Some(Instant::now() + DISCONNECT_WAIT);
+        Ok(())
+    }
+
+    /// Sends `first` and every delivery that is ready already, in one write.
+    async fn on_deliveries(&mut self, first: Result<InMessage, BridgeError>) -> Result<(), LinkEnd> {
+        let mut next = Some(first);
+        while let Some(delivery) = next.take() {
+            let m = delivery
+                .map_err(|e| LinkEnd::Retry(format!("consuming from \"{}\" failed: {e}", self.s.queue)))?;
+            match outgoing(self.node, self.peer, &m) {
+                Ok(frame) => {
+                    if let Err(e) = self.conn.feed(frame).await {
+                        return Err(self.after_write_failure(format!("sending failed: {e}")).await);
+                    }
+                    self.inflight.push_back(m.delivery_tag);
+                }
+                Err(e) => {
+                    let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+                    self.consumer.dead_letter(m.delivery_tag, &format!("{e}{detail}"));
+                }
+            }
+            if self.inflight.len() < self.s.buffer {
+                next = self.consumer.next().now_or_never();
+            }
+        }
+        if let Err(e) = SinkExt::<Frame>::flush(&mut self.conn).await {
+            return Err(self.after_write_failure(format!("sending failed: {e}")).await);
+        }
+        Ok(())
+    }
+
+    /// What the socket gave.
+    fn on_item(&mut self, item: Option<Result<StompItem, CodecError>>) -> Result<(), LinkEnd> {
+        match item {
+            None => Err(LinkEnd::Retry("the server closed the connection".into())),
+            Some(Err(e)) => Err(LinkEnd::Retry(format!("protocol error: {e}"))),
+            Some(Ok(StompItem::HeartBeat)) => Ok(()),
+            Some(Ok(StompItem::Frame(f))) => {
+                self.on_frame(ServerFrame::from_frame(f))?;
+                if self.disconnecting.is_some() && self.inflight.is_empty() {
+                    return Err(LinkEnd::Shutdown);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A frame from the server after CONNECTED: a RECEIPT confirms (and,
+    /// in batches, acks) everything sent up to it; anything else ends the
+    /// link.
+    fn on_frame(&mut self, frame: ServerFrame) -> Result<(), LinkEnd> {
+        match frame {
+            ServerFrame::Receipt(id) => self.on_receipt(id),
+            ServerFrame::Error { message, receipt_id } => {
+                // An ERROR about one of our messages (it names its receipt)
+                // would come back for that message on every link:
+                // dead-letter it, so the link goes on.
+                let refused = receipt_id.and_then(|r| r.parse::<u64>().ok());
+                if let Some(tag) = refused.filter(|t| self.inflight.contains(t)) {
+                    self.consumer
+                        .dead_letter(tag, &format!("the server refused the message: {message}"));
+                }
+                Err(LinkEnd::Retry(format!("Received server error \"{message}\".")))
+            }
+            ServerFrame::Connected(_) => Err(LinkEnd::Retry(
+                "Received CONNECTED command more than once.".into(),
+            )),
+            ServerFrame::Unexpected(command) => Err(LinkEnd::Retry(format!(
+                "Received unexpected command \"{command}\"."
+            ))),
+        }
+    }
+
+    fn on_receipt(&mut self, id: Option<String>) -> Result<(), LinkEnd> {
+        let Some(tag) = id.and_then(|r| r.parse::<u64>().ok()) else {
+            return Err(LinkEnd::Retry("RECEIPT command without a receipt ID.".into()));
+        };
+        if !self.inflight.contains(&tag) {
+            return Err(LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}")));
+        }
+        let mut count = 0;
+        while self.inflight.front().is_some_and(|t| *t <= tag) {
+            self.inflight.pop_front();
+            count += 1;
+        }
+        self.acks.add(tag, count);
+        if self.acks.full() || self.inflight.is_empty() {
+            self.flush_acks();
+        }
+        Ok(())
+    }
+
+    /// Acks everything receipted so far.
+    fn flush_acks(&mut self) {
+        if let Some(tag) = self.acks.take() {
+            self.consumer.ack_up_to(tag);
+        }
+    }
+
+    async fn on_due(&mut self, due: Due) -> Result<(), LinkEnd> {
+        match due {
+            Due::HeartBeat => match self.conn.send(StompItem::HeartBeat).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(self
+                    .after_write_failure(format!("sending a heart-beat failed: {e}"))
+                    .await),
+            },
+            Due::Silent(_) => Err(LinkEnd::Retry(
+                "no data from the server in time (heart-beats stopped)".into(),
+            )),
+        }
+    }
+
+    /// After a failed write, reads what the server sent before it closed
+    /// (a RECEIPT to ack, an ERROR naming a message), for a second at
+    /// most. Otherwise a server that answered a SEND with ERROR and closed
+    /// would have its RECEIPT and ERROR lost: duplicates, and a link stuck
+    /// on the refused message.
+    async fn after_write_failure(&mut self, why: String) -> LinkEnd {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while let Ok(Some(Ok(item))) = tokio::time::timeout_at(deadline, self.conn.next()).await {
+            if let StompItem::Frame(f) = item {
+                if let Err(end) = self.on_frame(ServerFrame::from_frame(f)) {
+                    return end;
+                }
+            }
+        }
+        LinkEnd::Retry(why)
+    }
+}
+
+/// Resolves at `deadline`; never without one.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The SEND frame for one delivery, after the client-side rules.
+fn outgoing(node: &NodeData, peer: &PeerData, m: &InMessage) -> Result<Frame, smp_json::ProcessError> {
+    let msg = smp_json::client_process(node, peer, &m.msg_type, &m.content_type, &m.body)?;
+    let destination = &peer.servers_manifest.destination;
+    Ok(send_frame(
+        destination,
+        msg.msg_type.as_str(),
+        m.delivery_tag,
+        msg.to_json(),
+    ))
+}
+
+/// Connects to a random server of the peer's manifest, over TLS.
+async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> Result<Conn, String> {
+    let servers = &peer.servers_manifest.servers;
+    let server = &servers[rand::thread_rng().gen_range(0..servers.len())];
+    let addr = format!("{}:{}", server.host, server.port);
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| format!("connecting to {addr} timed out"))?
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls_pki_types::ServerName::try_from(server.host.clone())
+        .map_err(|e| format!("invalid server name {}: {e}", server.host))?;
+    let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
+        .await
+        .map_err(|_| format!("TLS handshake with {addr} timed out"))?
+        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+    tracing::info!("connected to {addr}");
+    Ok(Framed::new(tls, StompCodec::default()))
+}
+
+/// Sends STOMP and waits for CONNECTED; returns the negotiated heart-beats.
+async fn handshake(conn: &mut Conn, peer: &PeerData, timing: &Timing) -> Result<HeartBeats, String> {
+    conn.send(stomp_frame(&peer.servers_manifest, timing.offer()))
+        .await
+        .map_err(|e| format!("sending STOMP failed: {e}"))?;
+    let deadline = Instant::now() + timing.connect_timeout;
+    loop {
+        let item = tokio::time::timeout_at(deadline, conn.next())
+            .await
+            .map_err(|_| "no CONNECTED frame in time".to_string())?;
+        let frame = match item {
+            None => return Err("the server closed the connection".into()),
+            Some(Err(e)) => return Err(format!("protocol error: {e}")),
+            Some(Ok(StompItem::HeartBeat)) => continue,
+            Some(Ok(StompItem::Frame(f))) => f,
+        };
+        return match ServerFrame::from_frame(frame) {
+            ServerFrame::Connected(offer) => Ok(timing.negotiate(offer.map_err(str::to_string)?)),
+            ServerFrame::Error { message, .. } => Err(format!("Received server error \"{message}\".")),
+            ServerFrame::Receipt(_) => Err("Received another command before CONNECTED.".into()),
+            ServerFrame::Unexpected(command) => Err(format!("Received unexpected command \"{command}\".")),
+        };
+    }
+}

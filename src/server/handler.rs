@@ -1,0 +1,118 @@
+//! One accepted connection, before and after its STOMP session: the TLS
+//! handshake (bounded by `APP_SSL_HANDSHAKE_TIMEOUT`), the peer's identity
+//! from its certificate, its connection slot, and the close (an ERROR, if
+//! any, then a lingering close so that it is read).
+
+use super::session::{End, Session};
+use super::ServerContext;
+use crate::session::frames::error_frame;
+use crate::shutdown::Shutdown;
+use crate::tls::peer_node_id;
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use stomp_codec::{Frame, StompCodec, StompItem};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_util::codec::Framed;
+use tracing::Instrument;
+
+/// A peer's connection, framed.
+pub(super) type Conn = Framed<TlsStream<TcpStream>, StompCodec>;
+
+/// The initial read and write buffers of a connection. Small, since a
+/// server holds many mostly idle connections; they grow under load.
+const FRAMED_CAPACITY: usize = 1024;
+
+/// Runs one connection to its end.
+pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: SocketAddr, shutdown: Shutdown) {
+    let Some(tls) = accept(&ctx, stream, addr).await else {
+        return;
+    };
+    let peer_cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec());
+    let mut conn = Framed::with_capacity(tls, StompCodec::default(), FRAMED_CAPACITY);
+    let peer_id = match peer_cert.as_deref().map(peer_node_id) {
+        Some(Ok(id)) => id,
+        _ => return close_with_error(&mut conn, error_frame("Invalid certificate subject.")).await,
+    };
+    let peer = match ctx.db.active_peer(&peer_id).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return close_with_error(&mut conn, error_frame("Unknown peer serial number.")).await,
+        Err(e) => {
+            tracing::error!("node database: {e}");
+            return close_with_error(&mut conn, error_frame("Internal server error.")).await;
+        }
+    };
+    let Some(_slot) = ctx.take_slot(&peer_id) else {
+        return close_with_error(&mut conn, error_frame("Too many connections from one peer.")).await;
+    };
+    let span = tracing::info_span!("peer", peer = %peer_id, %addr);
+    async {
+        tracing::info!("peer connected");
+        match Session::new(&ctx, peer, shutdown).run(&mut conn).await {
+            End::Closed => {
+                tracing::info!("connection closed");
+                let _ = tokio::time::timeout(Duration::from_secs(5), SinkExt::<StompItem>::close(&mut conn))
+                    .await;
+            }
+            End::Error(frame) => close_with_error(&mut conn, frame).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The TLS handshake; `None` (logged) when it fails or times out.
+async fn accept(ctx: &ServerContext, stream: TcpStream, addr: SocketAddr) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout(ctx.internal.handshake_timeout(), ctx.acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            // A port probe or a client that gave up: not worth a warning.
+            tracing::debug!(%addr, "connection closed before the TLS handshake: {e}");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, "TLS handshake failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Sends an ERROR and closes.
+async fn close_with_error(conn: &mut Conn, frame: Frame) {
+    tracing::warn!(
+        message = frame.get("message").unwrap_or(""),
+        "protocol error; closing the connection"
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = conn.send(frame).await;
+        let _ = SinkExt::<StompItem>::close(conn).await;
+    })
+    .await;
+    // Lingering close: read (and drop) what the peer still sends, for a
+    // second at most, so that closing does not reset the connection and
+    // destroy the ERROR (and the RECEIPT before it) in the peer's buffers.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = conn.next().await {}
+    })
+    .await;
+}
+
+/// The ERROR text for a malformed byte stream.
+pub(super) fn codec_error_text(e: &stomp_codec::CodecError) -> String {
+    let mut s = e.to_string();
+    if let Some(first) = s.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    format!("{s}.")
+}

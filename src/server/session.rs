@@ -1,0 +1,333 @@
+//! The server side of one STOMP session (SPEC section 5), joined to a
+//! confirming publisher.
+//!
+//! ```text
+//!  Conn ──ClientFrame──> on_frame ──SEND──> on_send: smp_json::server_process ──> Publisher
+//!   ^                                                                                │
+//!   └── RECEIPT <── receipts: Batch <── on_confirmed <── confirms (publish order) <──┘
+//! ```
+//!
+//! The loop reads frames only while fewer than `buffer` publishes are
+//! unconfirmed, and turns confirmations (awaited in publish order) into
+//! cumulative RECEIPTs, a few at a time. What is confirmed before an
+//! ERROR is receipted before it.
+
+use super::handler::{codec_error_text, Conn};
+use super::ServerContext;
+use crate::publish::publish;
+use crate::session::frames::{connected_frame, error_frame, receipt_frame, ClientFrame, Send};
+use crate::session::liveness::silence_text;
+use crate::session::{Batch, Due, HeartBeats, Liveness};
+use crate::shutdown::Shutdown;
+use amqp_bridge::{BridgeError, Publisher};
+use futures::stream::FuturesOrdered;
+use futures::{FutureExt, SinkExt, StreamExt};
+use nodedata::PeerData;
+use std::convert::Infallible;
+use std::sync::Arc;
+use stomp_codec::{CodecError, Frame, StompItem};
+use tokio::time::Interval;
+
+/// How a session ends: the connection closed or broke (nothing to send),
+/// or an ERROR to send before closing.
+pub(super) enum End {
+    Closed,
+    Error(Frame),
+}
+
+impl From<Frame> for End {
+    fn from(frame: Frame) -> End {
+        End::Error(frame)
+    }
+}
+
+/// An [`End`] with an ERROR carrying `message`.
+fn fail(message: &str) -> End {
+    End::Error(error_frame(message))
+}
+
+fn broker_failed(e: BridgeError) -> End {
+    tracing::error!("publishing failed: {e}");
+    fail("Internal server error.")
+}
+
+/// A confirmed publish: the SEND's receipt ID, or why it failed.
+type Confirm = futures::future::BoxFuture<'static, Result<String, BridgeError>>;
+
+/// The server side of one STOMP session.
+pub(super) struct Session<'a> {
+    ctx: &'a ServerContext,
+    peer: Arc<PeerData>,
+    shutdown: Shutdown,
+    destination: String,
+    publisher: Option<Publisher>,
+    confirms: FuturesOrdered<Confirm>,
+    receipts: Batch<String>,
+    /// The receipt of a DISCONNECT waiting for the confirms.
+    disconnect: Option<String>,
+    /// An ERROR waiting for the earlier confirms.
+    pending_error: Option<Frame>,
+}
+
+impl<'a> Session<'a> {
+    pub(super) fn new(ctx: &'a ServerContext, peer: Arc<PeerData>, shutdown: Shutdown) -> Self {
+        Session {
+            destination: ctx.node.node_type.stomp_destination(),
+            ctx,
+            peer,
+            shutdown,
+            publisher: None,
+            confirms: FuturesOrdered::new(),
+            receipts: Batch::new(ctx.buffer),
+            disconnect: None,
+            pending_error: None,
+        }
+    }
+
+    /// Runs the session until it ends; the caller then sends the ERROR (if
+    /// any) and closes the connection.
+    pub(super) async fn run(mut self, conn: &mut Conn) -> End {
+        match self.drive(conn).await {
+            Ok(never) => match never {},
+            Err(end) => end,
+        }
+    }
+
+    async fn drive(&mut self, conn: &mut Conn) -> Result<Infallible, End> {
+        let mut liveness = Liveness::new(self.connect(conn).await?, &self.ctx.timing);
+        let mut peer_check = self.peer_check_timer();
+        loop {
+            let reading = self.confirms.len() < self.ctx.buffer && self.pending_error.is_none();
+            tokio::select! {
+                _ = self.shutdown.requested() => return Err(self.on_shutdown(conn).await),
+                Some(first) = self.confirms.next(), if !self.confirms.is_empty() => {
+                    self.on_confirmed(first, conn).await?
+                }
+                _ = self.receipts.due() => self.send_receipts(conn).await?,
+                item = conn.next(), if reading => {
+                    liveness.fed();
+                    self.on_item(item, conn).await?
+                }
+                due = liveness.due() => on_due(due, conn).await?,
+                _ = peer_check.tick() => self.check_peer().await?,
+            }
+        }
+    }
+
+    /// Waits for CONNECT and answers CONNECTED; returns the negotiated
+    /// heart-beats.
+    async fn connect(&mut self, conn: &mut Conn) -> Result<HeartBeats, End> {
+        let timing = self.ctx.timing;
+        let deadline = tokio::time::Instant::now() + timing.connect_timeout;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, conn.next()).await {
+                Err(_) => return Err(fail("The CONNECT command was not received in time.")),
+                Ok(None) => return Err(End::Closed),
+                Ok(Some(Err(e))) => return Err(fail(&codec_error_text(&e))),
+                Ok(Some(Ok(StompItem::HeartBeat))) => continue,
+                Ok(Some(Ok(StompItem::Frame(f)))) => f,
+            };
+            return match ClientFrame::from_frame(frame) {
+                ClientFrame::Connect(Ok(theirs)) => {
+                    conn.send(connected_frame(timing.offer()))
+                        .await
+                        .map_err(|_| End::Closed)?;
+                    Ok(timing.negotiate(theirs))
+                }
+                ClientFrame::Connect(Err(text)) => Err(fail(text)),
+                ClientFrame::Disconnect { .. } => Err(fail("Received DISCONNECT before CONNECT.")),
+                _ => Err(fail("Received another command before CONNECT.")),
+            };
+        }
+    }
+
+    /// How often the peer is re-checked (`APP_PEERS_CHECK_SECONDS`), the
+    /// first time at a random moment within the period.
+    fn peer_check_timer(&self) -> Interval {
+        let every = self.ctx.internal.peers_check();
+        let first = every.mul_f64(rand::random::<f64>());
+        tokio::time::interval_at(tokio::time::Instant::now() + first, every)
+    }
+
+    /// Shutdown: what is confirmed is receipted; nothing else is.
+    async fn on_shutdown(&mut self, conn: &mut Conn) -> End {
+        if let Err(end) = self.send_receipts(conn).await {
+            return end;
+        }
+        fail("The connection has been closed by the server.")
+    }
+
+    /// Confirmations arrived (`first`, and whatever is ready after it).
+    async fn on_confirmed(&mut self, first: Result<String, BridgeError>, conn: &mut Conn) -> Result<(), End> {
+        let mut last = first.map_err(broker_failed)?;
+        let mut count = 1;
+        while let Some(Some(next)) = self.confirms.next().now_or_never() {
+            last = next.map_err(broker_failed)?;
+            count += 1;
+        }
+        if self.confirms.is_empty() {
+            if let Some(frame) = self.pending_error.take() {
+                let _ = conn.feed(receipt_frame(&last)).await;
+                return Err(frame.into());
+            }
+            if let Some(receipt) = self.disconnect.take() {
+                // The DISCONNECT's receipt confirms everything before it.
+                let _ = conn.send(receipt_frame(&receipt)).await;
+                return Err(End::Closed);
+            }
+        }
+        self.receipts.add(last, count);
+        if self.receipts.full() || self.confirms.is_empty() {
+            self.send_receipts(conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the RECEIPT for everything confirmed so far.
+    async fn send_receipts(&mut self, conn: &mut Conn) -> Result<(), End> {
+        match self.receipts.take() {
+            Some(last) => conn.send(receipt_frame(&last)).await.map_err(|_| End::Closed),
+            None => Ok(()),
+        }
+    }
+
+    /// What the socket gave.
+    async fn on_item(
+        &mut self,
+        item: Option<Result<StompItem, CodecError>>,
+        conn: &mut Conn,
+    ) -> Result<(), End> {
+        match item {
+            None => Err(End::Closed),
+            Some(Err(CodecError::Io(e))) => {
+                tracing::info!("the connection broke: {e}");
+                Err(End::Closed)
+            }
+            Some(Err(e)) => Err(fail(&codec_error_text(&e))),
+            Some(Ok(StompItem::HeartBeat)) => Ok(()),
+            Some(Ok(StompItem::Frame(frame))) => {
+                match self.on_frame(ClientFrame::from_frame(frame), conn).await {
+                    Err(end @ End::Error(_)) => {
+                        // Receipt what is confirmed before the ERROR, or the
+                        // peer sends it again.
+                        self.send_receipts(conn).await?;
+                        Err(end)
+                    }
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// One frame after CONNECT.
+    async fn on_frame(&mut self, frame: ClientFrame, conn: &mut Conn) -> Result<(), End> {
+        if self.disconnect.is_some() {
+            return Err(fail("Received command after DISCONNECT."));
+        }
+        match frame {
+            ClientFrame::Send(send) => self.on_send(send.map_err(|text| fail(&text))?).await,
+            ClientFrame::Connect(_) => Err(fail("Received CONNECT command more than once.")),
+            ClientFrame::Disconnect { receipt } => self.on_disconnect(receipt, conn).await,
+            ClientFrame::Unexpected(command) => {
+                Err(fail(&format!("Received unexpected command \"{command}\".")))
+            }
+        }
+    }
+
+    /// DISCONNECT: close now, or once every earlier SEND is confirmed.
+    async fn on_disconnect(&mut self, receipt: Option<String>, conn: &mut Conn) -> Result<(), End> {
+        match receipt {
+            None => Err(End::Closed),
+            Some(receipt) if self.confirms.is_empty() => {
+                let _ = conn.send(receipt_frame(&receipt)).await;
+                Err(End::Closed)
+            }
+            Some(receipt) => {
+                self.disconnect = Some(receipt);
+                Ok(())
+            }
+        }
+    }
+
+    /// SEND: checked, transformed and published; its receipt waits for the
+    /// confirmation.
+    async fn on_send(&mut self, send: Send) -> Result<(), End> {
+        if send.destination != self.destination {
+            let text = format!("Invalid SEND destination \"{}\".", send.destination);
+            return Err(send.error(&text).into());
+        }
+        let processed = smp_json::server_process(
+            &self.ctx.node,
+            &self.peer,
+            &send.msg_type,
+            &send.content_type,
+            &send.body,
+            smp_json::now_micros(),
+        );
+        let publication = match processed {
+            Ok(p) => p,
+            Err(e) => return self.refuse(&send, e),
+        };
+        let exchange = self.ctx.node.node_type.in_exchange();
+        let confirm = publish(self.publisher().await?, exchange, &publication);
+        let receipt = send.receipt;
+        self.confirms
+            .push_back(Box::pin(confirm.map(move |r| r.map(|()| receipt))));
+        Ok(())
+    }
+
+    /// A SEND the rules refuse: its ERROR, after the RECEIPT for what came
+    /// before it.
+    fn refuse(&mut self, send: &Send, e: smp_json::ProcessError) -> Result<(), End> {
+        if let Some(detail) = e.detail() {
+            tracing::debug!("{e} ({detail})");
+        }
+        let error = send.error(&e.to_string());
+        if self.confirms.is_empty() {
+            return Err(error.into());
+        }
+        self.pending_error = Some(error);
+        Ok(())
+    }
+
+    /// The session's publisher, opened at the first SEND.
+    async fn publisher(&mut self) -> Result<&Publisher, End> {
+        if self.publisher.is_none() {
+            let p = Publisher::new(&self.ctx.broker, self.ctx.internal.rmq_confirmation_timeout())
+                .await
+                .map_err(broker_failed)?;
+            self.publisher = Some(p);
+        }
+        self.publisher
+            .as_ref()
+            .ok_or_else(|| fail("Internal server error."))
+    }
+
+    /// Ends the session when the peer has been deactivated meanwhile.
+    async fn check_peer(&mut self) -> Result<(), End> {
+        match self.ctx.db.peer_data(&self.peer.node_id).await {
+            Ok(Some(p)) if !p.is_deactivated() => Ok(()),
+            Ok(_) => Err(fail("The peer has been deactivated.")),
+            Err(e) => {
+                tracing::warn!("re-checking the peer failed: {e}");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A heart-beat to send, or a silent peer.
+async fn on_due(due: Due, conn: &mut Conn) -> Result<(), End> {
+    match due {
+        Due::HeartBeat => conn.send(StompItem::HeartBeat).await.map_err(|_| End::Closed),
+        Due::Silent(limit) => Err(fail(&silence_text(limit))),
+    }
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.publisher.take() {
+            tokio::spawn(async move { p.close().await });
+        }
+    }
+}
