@@ -90,6 +90,9 @@ pub struct Internal {
     pub app_rmq_confirmation_timeout_seconds: f64,
     pub app_stomp_server_backlog: u32,
     pub app_max_connections_per_peer: usize,
+    /// How long a stopping process may take (SIGTERM or SIGINT): what is
+    /// in flight is finished within it, then the process exits.
+    pub app_shutdown_grace_seconds: f64,
     /// The heart-beat we offer to send (ms).
     pub app_stomp_heartbeat_send_ms: u64,
     /// The heart-beat we want to receive (ms).
@@ -114,6 +117,7 @@ impl Default for Internal {
             app_rmq_confirmation_timeout_seconds: 20.0,
             app_stomp_server_backlog: 100,
             app_max_connections_per_peer: 10,
+            app_shutdown_grace_seconds: 15.0,
             app_stomp_heartbeat_send_ms: 5000,
             app_stomp_heartbeat_recv_ms: 30000,
             app_stomp_network_delay_ms: 10000,
@@ -145,6 +149,7 @@ impl Internal {
             internal.app_rmq_confirmation_timeout_seconds,
             "APP_RMQ_CONFIRMATION_TIMEOUT_SECONDS",
         )?;
+        secs(internal.app_shutdown_grace_seconds, "APP_SHUTDOWN_GRACE_SECONDS")?;
         if internal.app_max_cached_peers == 0 {
             anyhow::bail!("APP_MAX_CACHED_PEERS must be at least 1");
         }
@@ -168,6 +173,16 @@ impl Internal {
     }
     pub fn rmq_confirmation_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.app_rmq_confirmation_timeout_seconds)
+    }
+    /// The grace period of a stop (`APP_SHUTDOWN_GRACE_SECONDS`).
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.app_shutdown_grace_seconds)
+    }
+    /// How long a stopping process waits for what is in flight: the grace
+    /// period less a second (at least a tenth of it) to close and exit.
+    pub fn drain_wait(&self) -> Duration {
+        let grace = self.shutdown_grace();
+        grace.saturating_sub(Duration::from_secs(1)).max(grace / 10)
     }
     pub fn timing(&self) -> crate::session::Timing {
         crate::session::Timing {

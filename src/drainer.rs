@@ -25,7 +25,7 @@ use amqp_bridge::{BridgeError, Consumer, InMessage, Publisher, SharedConnection}
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use nodedata::{NodeData, NodeDatabase, PeerData};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What the drainer needs to run.
 pub struct DrainerSettings {
@@ -58,7 +58,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
     let result = loop {
         let started = Instant::now();
         let drained = match Drain::start(&s, &node, &peer, &broker).await {
-            Ok(drain) => drain.run(&mut shutdown).await,
+            Ok(drain) => drain.run(&mut shutdown, s.internal.drain_wait()).await,
             Err(e) => Err(e),
         };
         match drained {
@@ -125,7 +125,7 @@ impl<'a> Drain<'a> {
     /// Consumes, replies and acks until shutdown (`Ok`) or a broker
     /// failure (`Err`); then closes the channels, so that RabbitMQ
     /// redelivers what was not acked.
-    async fn run(mut self, shutdown: &mut Shutdown) -> Result<(), BridgeError> {
+    async fn run(mut self, shutdown: &mut Shutdown, drain_wait: Duration) -> Result<(), BridgeError> {
         let result = loop {
             let step = tokio::select! {
                 _ = shutdown.requested() => break Ok(()),
@@ -139,16 +139,30 @@ impl<'a> Drain<'a> {
             }
         };
         if result.is_ok() {
-            // Shutdown: finish what is under way, acking what is confirmed.
-            while let Some((tag, confirmed)) = self.pending.next().await {
-                if confirmed.is_ok() {
-                    self.consumer.ack_up_to(tag);
-                }
-            }
+            self.finish(drain_wait).await;
         }
         self.consumer.close().await;
         self.publisher.close().await;
         result
+    }
+
+    /// Shutdown: consumes no more; waits (at most `within`) for the
+    /// replies in flight and acks those confirmed, in order, up to the
+    /// first that is not. What is not acked goes back to the queue with
+    /// its reply unpublished or unconfirmed.
+    async fn finish(&mut self, within: Duration) {
+        let in_flight = self.pending.len();
+        let finished = tokio::time::timeout(within, async {
+            while let Some(first) = self.pending.next().await {
+                if self.on_confirmed(first).is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if finished.is_err() {
+            tracing::warn!("replies still unconfirmed at the end of the grace period (of {in_flight})");
+        }
     }
 
     /// Acks everything confirmed so far (`first` and what is ready after

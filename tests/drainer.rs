@@ -4,30 +4,9 @@
 mod common;
 
 use common::*;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, ShortString};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-async fn declare_peer_queue(ch: &lapin::Channel, queue: &str) {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(&format!("{queue}.XQ"), durable, FieldTable::default())
-        .await
-        .unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        ShortString::from("x-dead-letter-exchange"),
-        AMQPValue::LongString(LongString::from("")),
-    );
-    args.insert(
-        ShortString::from("x-dead-letter-routing-key"),
-        AMQPValue::LongString(LongString::from(format!("{queue}.XQ").as_str())),
-    );
-    ch.queue_declare(queue, durable, args).await.unwrap();
-}
 
 /// A debtor of the deactivated AA `deac00ed`.
 const GONE_DEBTOR: i64 = 0xdeac00ed00000001_u64 as i64;

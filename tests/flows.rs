@@ -235,56 +235,6 @@ async fn aa_to_da_and_da_to_aa_shared_network() {
     aa_to_da_and_back(&n, "shared").await;
 }
 
-/// The AA's server of `net` on `port`, listening.
-async fn aa_server(net: &Devnet, vhost: &Vhost, port: u16) -> Proc {
-    let port_text = port.to_string();
-    let server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        &vhost.url,
-        &[("SWPT_SERVER_PORT", &port_text)],
-    );
-    wait_port(port).await;
-    server
-}
-
-/// A CA -> AA stream under way: `n` PrepareTransfers queued for the AA,
-/// its server listening and the CA's client started; what the AA receives
-/// lands in `received`. Returns the server, the client and the server's port.
-async fn stream_to_aa(net: &Devnet, vhost: &Vhost, ch: &lapin::Channel, n: i64) -> (Proc, Proc, u16) {
-    sink_queue(ch, "accounts_in", "received").await;
-    configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
-    let port = peer_port(&net.ca_dir, "1234abcd");
-    let server = aa_server(net, vhost, port).await;
-    queue_for_aa(ch, 0..n).await;
-    let client = spawn(
-        "swpt-client",
-        &["1234abcd", "to_aa"],
-        &net.ca_dir,
-        &vhost.url,
-        &[],
-    );
-    (server, client, port)
-}
-
-/// The `coordinator_request_id` of a delivered PrepareTransfer.
-fn request_id(d: &lapin::message::Delivery) -> i64 {
-    let v: Value = serde_json::from_slice(&d.data).unwrap();
-    v["coordinator_request_id"].as_i64().unwrap()
-}
-
-/// Adds the ids arriving in `received` to `seen` until all `n` are there,
-/// or `within` has passed.
-async fn collect_ids(received: &mut Collector, seen: &mut HashSet<i64>, n: i64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    while (seen.len() as i64) < n && tokio::time::Instant::now() < deadline {
-        if let Some(d) = received.next(Duration::from_secs(5)).await {
-            seen.insert(request_id(&d));
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_stream_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();

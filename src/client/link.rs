@@ -10,7 +10,7 @@
 
 use super::{no_queue, ClientSettings, LinkEnd};
 use crate::session::frames::{disconnect_frame, send_frame, stomp_frame, ServerFrame};
-use crate::session::{Batch, Due, HeartBeats, Liveness, Timing};
+use crate::session::{until, Batch, Due, HeartBeats, Liveness, Timing};
 use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, SharedConnection};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -25,9 +25,6 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
 type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
-
-/// How long a DISCONNECT waits for its RECEIPT.
-const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// Makes one link and runs it to its end.
 pub(super) async fn run(
@@ -140,7 +137,8 @@ impl<'a> Link<'a> {
         if self.conn.send(disconnect_frame(last)).await.is_err() {
             return Err(LinkEnd::Shutdown);
         }
-        self.disconnecting = Some(Instant::now() + DISCONNECT_WAIT);
+        // The RECEIPT is waited for within the grace period of the stop.
+        self.disconnecting = Some(Instant::now() + self.s.internal.drain_wait());
         Ok(())
     }
 
@@ -269,14 +267,6 @@ impl<'a> Link<'a> {
             }
         }
         LinkEnd::Retry(why)
-    }
-}
-
-/// Resolves at `deadline`; never without one.
-async fn until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }
 

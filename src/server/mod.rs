@@ -131,7 +131,8 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
 }
 
 /// Accepts connections until shutdown, then waits for the open ones to
-/// close (each ends its session on the same shutdown).
+/// close: each session drains on the same shutdown (see [`session`]),
+/// within the grace period.
 pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>, mut shutdown: Shutdown) {
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -152,6 +153,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>, mut shutdown:
     }
     drop(listener);
     tracing::info!("stopped accepting connections; closing {} open ones", tasks.len());
-    while tasks.join_next().await.is_some() {}
+    // Each session drains within `drain_wait`; the grace period bounds all.
+    let closed = tokio::time::timeout(ctx.internal.drain_wait(), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if closed.is_err() {
+        tracing::warn!("{} connections did not close in time; cutting them", tasks.len());
+        tasks.shutdown().await;
+    }
     ctx.broker.close().await;
 }

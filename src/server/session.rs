@@ -11,13 +11,17 @@
 //! unconfirmed, and turns confirmations (awaited in publish order) into
 //! cumulative RECEIPTs, a few at a time. What is confirmed before an
 //! ERROR is receipted before it.
+//!
+//! On shutdown the session drains: it stops reading, waits for the
+//! publishes in flight (within the grace period), receipts them, and only
+//! then ends, so the client resends nothing that was published.
 
 use super::handler::{codec_error_text, Conn};
 use super::ServerContext;
 use crate::publish::publish;
 use crate::session::frames::{connected_frame, error_frame, receipt_frame, ClientFrame, Send};
 use crate::session::liveness::silence_text;
-use crate::session::{Batch, Due, HeartBeats, Liveness};
+use crate::session::{until, Batch, Due, HeartBeats, Liveness};
 use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Publisher};
 use futures::stream::FuturesOrdered;
@@ -26,7 +30,7 @@ use nodedata::PeerData;
 use std::convert::Infallible;
 use std::sync::Arc;
 use stomp_codec::{CodecError, Frame, StompItem};
-use tokio::time::Interval;
+use tokio::time::{Instant, Interval};
 
 /// How a session ends: the connection closed or broke (nothing to send),
 /// or an ERROR to send before closing.
@@ -67,6 +71,8 @@ pub(super) struct Session<'a> {
     disconnect: Option<String>,
     /// An ERROR waiting for the earlier confirms.
     pending_error: Option<Frame>,
+    /// Shutting down: the deadline for the confirms in flight.
+    draining: Option<Instant>,
 }
 
 impl<'a> Session<'a> {
@@ -81,6 +87,7 @@ impl<'a> Session<'a> {
             receipts: Batch::new(ctx.buffer),
             disconnect: None,
             pending_error: None,
+            draining: None,
         }
     }
 
@@ -97,9 +104,15 @@ impl<'a> Session<'a> {
         let mut liveness = Liveness::new(self.connect(conn).await?, &self.ctx.timing);
         let mut peer_check = self.peer_check_timer();
         loop {
-            let reading = self.confirms.len() < self.ctx.buffer && self.pending_error.is_none();
+            let reading = self.confirms.len() < self.ctx.buffer
+                && self.pending_error.is_none()
+                && self.draining.is_none();
             tokio::select! {
-                _ = self.shutdown.requested() => return Err(self.on_shutdown(conn).await),
+                _ = self.shutdown.requested(), if self.draining.is_none() => self.on_shutdown(conn).await?,
+                _ = until(self.draining) => {
+                    tracing::warn!("{} publishes still unconfirmed at the end of the grace period", self.confirms.len());
+                    return Err(self.stop(conn).await);
+                }
                 Some(first) = self.confirms.next(), if !self.confirms.is_empty() => {
                     self.on_confirmed(first, conn).await?
                 }
@@ -149,34 +162,59 @@ impl<'a> Session<'a> {
         tokio::time::interval_at(tokio::time::Instant::now() + first, every)
     }
 
-    /// Shutdown: what is confirmed is receipted; nothing else is.
-    async fn on_shutdown(&mut self, conn: &mut Conn) -> End {
+    /// Shutdown: stop reading; end once the publishes in flight are
+    /// confirmed (and receipted), or at the drain deadline.
+    async fn on_shutdown(&mut self, conn: &mut Conn) -> Result<(), End> {
+        if self.confirms.is_empty() {
+            return Err(self.stop(conn).await);
+        }
+        tracing::info!(
+            "stopping: waiting for {} publishes to be confirmed",
+            self.confirms.len()
+        );
+        self.draining = Some(Instant::now() + self.ctx.internal.drain_wait());
+        Ok(())
+    }
+
+    /// Ends the session for a shutdown: what is confirmed is receipted;
+    /// nothing else is.
+    async fn stop(&mut self, conn: &mut Conn) -> End {
         if let Err(end) = self.send_receipts(conn).await {
             return end;
         }
         fail("The connection has been closed by the server.")
     }
 
-    /// Confirmations arrived (`first`, and whatever is ready after it).
+    /// Confirmations arrived (`first`, and whatever is ready after it). A
+    /// failed one ends the session, after the RECEIPT for those before it.
     async fn on_confirmed(&mut self, first: Result<String, BridgeError>, conn: &mut Conn) -> Result<(), End> {
-        let mut last = first.map_err(broker_failed)?;
-        let mut count = 1;
-        while let Some(Some(next)) = self.confirms.next().now_or_never() {
-            last = next.map_err(broker_failed)?;
-            count += 1;
+        let mut next = Some(first);
+        while let Some(confirmed) = next.take() {
+            match confirmed {
+                Ok(receipt) => self.receipts.add(receipt, 1),
+                Err(e) => {
+                    self.send_receipts(conn).await?;
+                    return Err(broker_failed(e));
+                }
+            }
+            next = self.confirms.next().now_or_never().flatten();
         }
         if self.confirms.is_empty() {
             if let Some(frame) = self.pending_error.take() {
-                let _ = conn.feed(receipt_frame(&last)).await;
+                self.send_receipts(conn).await?;
                 return Err(frame.into());
             }
             if let Some(receipt) = self.disconnect.take() {
                 // The DISCONNECT's receipt confirms everything before it.
+                self.receipts.take();
                 let _ = conn.send(receipt_frame(&receipt)).await;
                 return Err(End::Closed);
             }
+            if self.draining.is_some() {
+                tracing::info!("stopping: every publish in flight confirmed and receipted");
+                return Err(self.stop(conn).await);
+            }
         }
-        self.receipts.add(last, count);
         if self.receipts.full() || self.confirms.is_empty() {
             self.send_receipts(conn).await?;
         }

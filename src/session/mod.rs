@@ -16,6 +16,15 @@ pub use batch::Batch;
 pub use liveness::{Due, Liveness};
 
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// Resolves at `deadline`; never without one. Cancel-safe.
+pub async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The STOMP timing constants (SPEC section 5).
 #[derive(Clone, Copy, Debug)]

@@ -4,8 +4,10 @@
 
 use futures::StreamExt;
 use lapin::options::*;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
+use serde_json::Value;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -335,4 +337,74 @@ impl Collector {
             _ => None,
         }
     }
+}
+
+/// The AA's server of `net` on `port`, listening.
+pub async fn aa_server(net: &Devnet, vhost: &Vhost, port: u16) -> Proc {
+    let port_text = port.to_string();
+    let server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        &vhost.url,
+        &[("SWPT_SERVER_PORT", &port_text)],
+    );
+    wait_port(port).await;
+    server
+}
+
+/// A CA -> AA stream under way: `n` PrepareTransfers queued for the AA,
+/// its server listening and the CA's client started; what the AA receives
+/// lands in `received`. Returns the server, the client and the server's port.
+pub async fn stream_to_aa(net: &Devnet, vhost: &Vhost, ch: &lapin::Channel, n: i64) -> (Proc, Proc, u16) {
+    sink_queue(ch, "accounts_in", "received").await;
+    configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
+    let port = peer_port(&net.ca_dir, "1234abcd");
+    let server = aa_server(net, vhost, port).await;
+    queue_for_aa(ch, 0..n).await;
+    let client = spawn(
+        "swpt-client",
+        &["1234abcd", "to_aa"],
+        &net.ca_dir,
+        &vhost.url,
+        &[],
+    );
+    (server, client, port)
+}
+
+/// The `coordinator_request_id` of a delivered PrepareTransfer.
+pub fn request_id(d: &lapin::message::Delivery) -> i64 {
+    let v: Value = serde_json::from_slice(&d.data).unwrap();
+    v["coordinator_request_id"].as_i64().unwrap()
+}
+
+/// Adds the ids arriving in `received` to `seen` until all `n` are there,
+/// or `within` has passed.
+pub async fn collect_ids(received: &mut Collector, seen: &mut HashSet<i64>, n: i64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while (seen.len() as i64) < n && tokio::time::Instant::now() < deadline {
+        if let Some(d) = received.next(Duration::from_secs(5)).await {
+            seen.insert(request_id(&d));
+        }
+    }
+}
+
+pub async fn declare_peer_queue(ch: &lapin::Channel, queue: &str) {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(&format!("{queue}.XQ"), durable, FieldTable::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    args.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(LongString::from(format!("{queue}.XQ").as_str())),
+    );
+    ch.queue_declare(queue, durable, args).await.unwrap();
 }
