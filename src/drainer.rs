@@ -131,7 +131,13 @@ impl<'a> Drain<'a> {
                 _ = shutdown.requested() => break Ok(()),
                 Some(first) = self.pending.next(), if !self.pending.is_empty() => self.on_confirmed(first),
                 delivery = self.consumer.next(), if self.pending.len() < self.window => {
-                    delivery.map(|m| self.on_delivery(m))
+                    match delivery {
+                        Ok(m) => {
+                            self.on_delivery(m).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
             };
             if let Err(e) = step {
@@ -185,7 +191,7 @@ impl<'a> Drain<'a> {
 
     /// One delivery: its reply published (or none), or the message
     /// dead-lettered when it cannot be handled.
-    fn on_delivery(&mut self, m: InMessage) {
+    async fn on_delivery(&mut self, m: InMessage) {
         let tag = m.delivery_tag;
         let msg = match smp_json::client_process(self.node, self.peer, &m.msg_type, &m.content_type, &m.body)
         {
@@ -205,7 +211,12 @@ impl<'a> Drain<'a> {
                         .dead_letter(tag, &format!("cannot build a reply: {e}"))
                 }
             };
-        let confirm = publish(&self.publisher, self.node.node_type.in_exchange(), &publication);
+        let confirm = publish(
+            &mut self.publisher,
+            self.node.node_type.in_exchange(),
+            &publication,
+        )
+        .await;
         self.pending.push_back(Box::pin(confirm.map(move |r| (tag, r))));
     }
 }

@@ -30,6 +30,6 @@ pub fn out_message<'a>(exchange: &'a str, p: &'a Publication) -> OutMessage<'a> 
 }
 
 /// Publishes `p` to `exchange`; the future resolves with its confirmation.
-pub fn publish(publisher: &Publisher, exchange: &str, p: &Publication) -> PendingConfirm {
-    publisher.publish(&out_message(exchange, p))
+pub async fn publish(publisher: &mut Publisher, exchange: &str, p: &Publication) -> PendingConfirm {
+    publisher.publish(&out_message(exchange, p)).await
 }

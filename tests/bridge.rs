@@ -13,7 +13,7 @@ use std::time::Duration;
 
 const WINDOW: usize = 100;
 
-async fn publish_many(publisher: &Publisher, n: usize, key: &str) -> Result<Vec<usize>, BridgeError> {
+async fn publish_many(publisher: &mut Publisher, n: usize, key: &str) -> Result<Vec<usize>, BridgeError> {
     let headers = [("message-type", HeaderValue::Str("AccountPurge".into()))];
     let mut pending = FuturesOrdered::new();
     let mut confirmed = Vec::with_capacity(n);
@@ -24,13 +24,15 @@ async fn publish_many(publisher: &Publisher, n: usize, key: &str) -> Result<Vec<
             confirmed.push(j);
         }
         let body = format!("{{\"n\":{i}}}");
-        let confirm = publisher.publish(&OutMessage {
-            exchange: "ex",
-            routing_key: key,
-            msg_type: "AccountPurge",
-            body: body.as_bytes(),
-            headers: headers.to_vec(),
-        });
+        let confirm = publisher
+            .publish(&OutMessage {
+                exchange: "ex",
+                routing_key: key,
+                msg_type: "AccountPurge",
+                body: body.as_bytes(),
+                headers: headers.to_vec(),
+            })
+            .await;
         pending.push_back(confirm.map(move |r| (i, r)));
     }
     while let Some((j, r)) = pending.next().await {
@@ -46,8 +48,8 @@ async fn ten_thousand_confirmed_in_order_and_mandatory_returns() {
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
     let shared = SharedConnection::new(&vhost.url, Duration::from_secs(10));
-    let publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
-    let confirmed = publish_many(&publisher, 10_000, "a.b").await.unwrap();
+    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let confirmed = publish_many(&mut publisher, 10_000, "a.b").await.unwrap();
     assert_eq!(confirmed, (0..10_000).collect::<Vec<_>>());
     assert_eq!(message_count(&ch, "sink").await, 10_000);
 
@@ -59,14 +61,37 @@ async fn ten_thousand_confirmed_in_order_and_mandatory_returns() {
     ch.exchange_declare("lonely", lapin::ExchangeKind::Direct, durable, Default::default())
         .await
         .unwrap();
-    let confirm = publisher.publish(&OutMessage {
-        exchange: "lonely",
-        routing_key: "nobody",
-        msg_type: "AccountPurge",
-        body: b"{}",
-        headers: vec![],
-    });
-    assert!(matches!(confirm.await, Err(BridgeError::Returned { .. })));
+    // Unroutable messages among routable ones, all in flight at once:
+    // exactly the unroutable ones fail, as returned, the others confirm.
+    let mut pending = FuturesOrdered::new();
+    for i in 0..200 {
+        let lonely = i % 7 == 3;
+        let body = format!("{{\"n\":{}}}", i % 10);
+        let m = OutMessage {
+            exchange: if lonely { "lonely" } else { "ex" },
+            routing_key: if lonely { "nobody" } else { "a.b" },
+            msg_type: "AccountPurge",
+            body: body.as_bytes(),
+            headers: vec![],
+        };
+        let confirm = publisher.publish(&m).await;
+        pending.push_back(confirm.map(move |r| (lonely, r)));
+    }
+    let mut returned = 0;
+    while let Some((lonely, r)) = pending.next().await {
+        match r {
+            Err(BridgeError::Returned {
+                exchange,
+                routing_key,
+            }) if lonely => {
+                assert_eq!((exchange.as_str(), routing_key.as_str()), ("lonely", "nobody"));
+                returned += 1;
+            }
+            Ok(()) if !lonely => {}
+            other => panic!("lonely: {lonely}, {other:?}"),
+        }
+    }
+    assert_eq!(returned, (0..200).filter(|i| i % 7 == 3).count());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +100,7 @@ async fn integer_headers_use_the_smallest_type() {
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
     let shared = SharedConnection::new(&vhost.url, Duration::from_secs(10));
-    let publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
     let headers = [
         ("i8", HeaderValue::Int(-5)),
         ("i16", HeaderValue::Int(-300)),
@@ -93,6 +118,7 @@ async fn integer_headers_use_the_smallest_type() {
             body: b"{}",
             headers: headers.to_vec(),
         })
+        .await
         .await
         .unwrap();
     let got = collect(&ch, "sink", 1, Duration::from_secs(10)).await;
@@ -159,14 +185,14 @@ async fn broker_restart_fails_the_stream_and_the_connection_recovers() {
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
     let shared = SharedConnection::new(&vhost.url, Duration::from_secs(10));
-    let publisher = Publisher::new(&shared, Duration::from_secs(5)).await.unwrap();
+    let mut publisher = Publisher::new(&shared, Duration::from_secs(5)).await.unwrap();
     let restart = tokio::spawn(async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let run = |a: &str| std::process::Command::new("rabbitmqctl").arg(a).output().unwrap();
         assert!(run("stop_app").status.success());
         assert!(run("start_app").status.success());
     });
-    let result = publish_many(&publisher, 1_000_000, "k").await;
+    let result = publish_many(&mut publisher, 1_000_000, "k").await;
     assert!(result.is_err(), "the stream cut by the restart must fail");
     restart.await.unwrap();
     // The shared connection reconnects for the next publisher.
@@ -180,6 +206,6 @@ async fn broker_restart_fails_the_stream_and_the_connection_recovers() {
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let publisher = again.expect("the shared connection recovers");
-    assert_eq!(publish_many(&publisher, 100, "k").await.unwrap().len(), 100);
+    let mut publisher = again.expect("the shared connection recovers");
+    assert_eq!(publish_many(&mut publisher, 100, "k").await.unwrap().len(), 100);
 }

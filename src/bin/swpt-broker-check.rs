@@ -12,7 +12,7 @@ async fn main() -> std::process::ExitCode {
         .unwrap_or_else(|| "amqp://guest:guest@localhost:5672".to_string());
     match amqp_bridge::connect(&url, Duration::from_secs(5)).await {
         Ok(conn) => {
-            let _ = conn.close(200, "bye").await;
+            let _ = conn.close().await;
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {

@@ -307,7 +307,7 @@ impl<'a> Session<'a> {
             Err(e) => return self.refuse(&send, e),
         };
         let exchange = self.ctx.node.node_type.in_exchange();
-        let confirm = publish(self.publisher().await?, exchange, &publication);
+        let confirm = publish(self.publisher().await?, exchange, &publication).await;
         let receipt = send.receipt;
         self.confirms
             .push_back(Box::pin(confirm.map(move |r| r.map(|()| receipt))));
@@ -329,7 +329,7 @@ impl<'a> Session<'a> {
     }
 
     /// The session's publisher, opened at the first SEND.
-    async fn publisher(&mut self) -> Result<&Publisher, End> {
+    async fn publisher(&mut self) -> Result<&mut Publisher, End> {
         if self.publisher.is_none() {
             let p = Publisher::new(&self.ctx.broker, self.ctx.internal.rmq_confirmation_timeout())
                 .await
@@ -337,7 +337,7 @@ impl<'a> Session<'a> {
             self.publisher = Some(p);
         }
         self.publisher
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| fail("Internal server error."))
     }
 

@@ -15,9 +15,13 @@ use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
 #[allow(unused_imports)]
 pub use swpt_testkit::{shared_data, Vhost};
 
-/// A lapin connection and channel in a test's vhost.
+/// A lapin connection and channel in a test's vhost: the tests watch and
+/// feed the broker with a client of their own, not the gateway's.
 pub async fn channel(vhost: &Vhost) -> (Connection, Channel) {
-    let conn = amqp_bridge::connect(&vhost.url, Duration::from_secs(10))
+    let props = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let conn = Connection::connect(&vhost.url, props)
         .await
         .expect("connect to RabbitMQ");
     let ch = conn.create_channel().await.unwrap();

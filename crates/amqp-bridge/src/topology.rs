@@ -1,9 +1,10 @@
 //! The RabbitMQ topology of `configure-queue` (SPEC section 8).
 
-use crate::{BridgeError, SharedConnection};
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::ExchangeKind;
+use crate::{checked_name, BridgeError, SharedConnection};
+use amqprs::channel::{
+    Channel, ExchangeBindArguments, ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
+};
+use amqprs::{FieldTable, FieldValue};
 use nodedata::{NodeData, NodeType, PeerData};
 
 /// What `configure-queue` declares for one peer.
@@ -77,96 +78,93 @@ pub fn topology_for(node: &NodeData, peer: &PeerData, queue: &str) -> Result<Top
     })
 }
 
-fn kind(k: &str) -> ExchangeKind {
-    match k {
-        "topic" => ExchangeKind::Topic,
-        "fanout" => ExchangeKind::Fanout,
-        "headers" => ExchangeKind::Headers,
-        "direct" => ExchangeKind::Direct,
-        other => ExchangeKind::Custom(other.to_string()),
+/// A table of string arguments.
+fn string_args(args: &[(&str, &str)]) -> Result<FieldTable, BridgeError> {
+    let mut table = FieldTable::new();
+    for (name, value) in args {
+        let v = (*value)
+            .try_into()
+            .map_err(|_| BridgeError::Name(value.to_string()))?;
+        let name = (*name)
+            .try_into()
+            .map_err(|_| BridgeError::Name(name.to_string()))?;
+        table.insert(name, FieldValue::S(v));
     }
+    Ok(table)
 }
 
-fn durable_exchange() -> ExchangeDeclareOptions {
-    ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
+/// Declares a durable exchange.
+async fn exchange(
+    ch: &Channel,
+    name: &str,
+    kind: &str,
+    arguments: FieldTable,
+) -> Result<(), amqprs::error::Error> {
+    let mut args = ExchangeDeclareArguments::new(name, kind);
+    args.durable = true;
+    args.arguments = arguments;
+    ch.exchange_declare(args).await
+}
+
+/// Declares a durable queue.
+async fn queue(ch: &Channel, name: &str, arguments: FieldTable) -> Result<(), BridgeError> {
+    let args = QueueDeclareArguments::new(checked_name(name)?)
+        .durable(true)
+        .arguments(arguments)
+        .finish();
+    ch.queue_declare(args).await?;
+    Ok(())
 }
 
 /// Declares the topology (idempotent).
 pub async fn declare(conn: &SharedConnection, t: &Topology) -> Result<(), TopologyError> {
-    let ch = conn.channel().await?;
+    let opened = conn.channel().await?;
+    let declared = declare_on(&opened.channel, t).await.map_err(|e| match e {
+        // RabbitMQ's reason, when it closed the channel.
+        TopologyError::Broker(BridgeError::Amqp(text)) => match opened.reason() {
+            Some((_, reason)) if reason.contains("x-random") || reason.contains("invalid exchange type") => {
+                TopologyError::NoRandomExchange(reason)
+            }
+            Some((_, reason)) => TopologyError::Broker(BridgeError::Amqp(reason)),
+            None => TopologyError::Broker(BridgeError::Amqp(text)),
+        },
+        other => other,
+    });
+    let _ = opened.channel.close().await;
+    declared
+}
+
+async fn declare_on(ch: &Channel, t: &Topology) -> Result<(), TopologyError> {
     for (name, k) in &t.extra_exchanges {
-        ch.exchange_declare(name, kind(k), durable_exchange(), FieldTable::default())
+        exchange(ch, name, k, FieldTable::new())
             .await
             .map_err(BridgeError::from)?;
     }
-    let mut args = FieldTable::default();
-    if let Some(alt) = t.alternate_exchange {
-        args.insert(
-            ShortString::from("alternate-exchange"),
-            AMQPValue::LongString(LongString::from(alt)),
-        );
-    }
-    ch.exchange_declare(t.main_exchange, kind(t.main_kind), durable_exchange(), args)
+    let args = match t.alternate_exchange {
+        Some(alt) => string_args(&[("alternate-exchange", alt)])?,
+        None => FieldTable::new(),
+    };
+    exchange(ch, t.main_exchange, t.main_kind, args)
         .await
         .map_err(BridgeError::from)?;
-    if let Err(e) = ch
-        .exchange_declare(
-            &t.peer_exchange,
-            kind("x-random"),
-            durable_exchange(),
-            FieldTable::default(),
-        )
+    exchange(ch, checked_name(&t.peer_exchange)?, "x-random", FieldTable::new())
         .await
-    {
-        let text = e.to_string();
-        if text.contains("x-random")
-            || text.contains("COMMAND_INVALID")
-            || text.contains("invalid exchange type")
-        {
-            return Err(TopologyError::NoRandomExchange(text));
-        }
-        return Err(BridgeError::from(e).into());
-    }
-    ch.exchange_bind(
+        .map_err(BridgeError::from)?;
+    ch.exchange_bind(ExchangeBindArguments::new(
         &t.peer_exchange,
         t.main_exchange,
         &t.binding_key,
-        Default::default(),
-        FieldTable::default(),
-    )
+    ))
     .await
     .map_err(BridgeError::from)?;
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(&t.dead_letter_queue, durable, FieldTable::default())
+    queue(ch, &t.dead_letter_queue, FieldTable::new()).await?;
+    let dead_letters = string_args(&[
+        ("x-dead-letter-exchange", ""),
+        ("x-dead-letter-routing-key", &t.dead_letter_queue),
+    ])?;
+    queue(ch, &t.queue, dead_letters).await?;
+    ch.queue_bind(QueueBindArguments::new(&t.queue, &t.peer_exchange, ""))
         .await
         .map_err(BridgeError::from)?;
-    let mut qargs = FieldTable::default();
-    qargs.insert(
-        ShortString::from("x-dead-letter-exchange"),
-        AMQPValue::LongString(LongString::from("")),
-    );
-    qargs.insert(
-        ShortString::from("x-dead-letter-routing-key"),
-        AMQPValue::LongString(LongString::from(t.dead_letter_queue.as_str())),
-    );
-    ch.queue_declare(&t.queue, durable, qargs)
-        .await
-        .map_err(BridgeError::from)?;
-    ch.queue_bind(
-        &t.queue,
-        &t.peer_exchange,
-        "",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .map_err(BridgeError::from)?;
-    let _ = ch.close(200, "done").await;
     Ok(())
 }

@@ -13,6 +13,7 @@
 //!  scale: N in-process STOMP peers ──TLS──> one swpt-server
 //! ```
 
+mod lapin_client;
 mod scale;
 
 use anyhow::{bail, Context};
@@ -141,6 +142,26 @@ pub fn proc_stats(pid: u32) -> (f64, u64) {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     (cpu / ticks, hwm)
+}
+
+/// Context switches (voluntary and not) of every thread of `pid` so far.
+pub fn ctx_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// The local RabbitMQ's Erlang VM (`beam.smp`), when it runs on this
@@ -465,7 +486,7 @@ async fn count_arrivals(
 }
 
 async fn demo(broker: &str, count: u64, keep: bool) -> anyhow::Result<()> {
-    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let conn = lapin_client::connect(broker).await?;
     let ch = conn.create_channel().await?;
     let dir = std::env::current_dir()?.join("demo-net");
     eprintln!("generating a test network in {}", dir.display());
@@ -508,7 +529,7 @@ async fn broker_limit(
     count: u64,
     window: usize,
 ) -> anyhow::Result<Figures> {
-    let props = swpt_gateway::publish::out_message(LIMIT_EXCHANGE, like).properties();
+    let props = lapin_client::properties(&swpt_gateway::publish::out_message(LIMIT_EXCHANGE, like));
     let ch = conn.create_channel().await?;
     declare_sink(&ch, LIMIT_EXCHANGE, "bench.dst").await?;
     ch.queue_declare(
@@ -535,6 +556,7 @@ async fn broker_limit(
     let mut drain = auto_ack_consumer(&sink, "bench.dst").await?;
     let drained = tokio::spawn(async move { count_arrivals(&mut drain, count, None).await });
     let (cpu0, broker0) = (proc_stats(std::process::id()).0, broker_cpu(broker));
+    let switches0 = ctx_switches(std::process::id());
 
     let mut consumer = src
         .basic_consume(
@@ -577,7 +599,7 @@ async fn broker_limit(
                 // queues the frames, the socket write is not awaited here.
                 let (dst, key, props, tag) = (dst.clone(), like.routing_key.clone(), props.clone(), d.delivery_tag);
                 let mut publish: futures::future::BoxFuture<'static, _> = Box::pin(async move {
-                    dst.basic_publish(LIMIT_EXCHANGE, &key, amqp_bridge::PUBLISH_OPTIONS, &d.data, props)
+                    dst.basic_publish(LIMIT_EXCHANGE, &key, lapin_client::PUBLISH_OPTIONS, &d.data, props)
                         .await?
                         .await
                 });
@@ -590,6 +612,7 @@ async fn broker_limit(
     }
     let span = drained.await??;
     let (cpu1, broker1) = (proc_stats(std::process::id()).0, broker_cpu(broker));
+    let switches = (ctx_switches(std::process::id()) - switches0) as f64 / count as f64;
 
     for q in ["bench.src", "bench.dst"] {
         let _ = ch.queue_delete(q, QueueDeleteOptions::default()).await;
@@ -599,6 +622,7 @@ async fn broker_limit(
         rate: span.rate(count),
         cpu: per(cpu1 - cpu0),
         broker: per(broker1 - broker0),
+        switches,
     })
 }
 
@@ -643,6 +667,8 @@ struct Figures {
     rate: f64,
     cpu: f64,
     broker: f64,
+    /// Context switches per message (of the path's own processes).
+    switches: f64,
 }
 
 /// The gateway's round: its figures (CPU = server + client), each
@@ -651,6 +677,9 @@ struct GatewayFigures {
     path: Figures,
     server_cpu: f64,
     client_cpu: f64,
+    /// Context switches per message of each process.
+    server_switches: f64,
+    client_switches: f64,
     client_rss: u64,
 }
 
@@ -679,11 +708,15 @@ async fn gateway_round(
     let _ = pub_ch.close(200, "filled").await;
     let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
     let (server0, broker0) = (g.server.stats().0, broker_cpu(broker_proc));
+    let server_switches0 = ctx_switches(g.server.0.id());
 
     let mut client = start_client(g, broker, buffer)?;
     let span = count_arrivals(&mut consumer, count, None).await?;
     let (server1, broker1) = (g.server.stats().0, broker_cpu(broker_proc));
     let (client_cpu, client_rss) = client.stats();
+    let per_message = |n: u64| n as f64 / count as f64;
+    let server_switches = per_message(ctx_switches(g.server.0.id()) - server_switches0);
+    let client_switches = per_message(ctx_switches(client.0.id()));
 
     client.stop();
     let _ = ch
@@ -696,15 +729,18 @@ async fn gateway_round(
             rate: span.rate(count),
             cpu: server_cpu + client_cpu,
             broker: per(broker1 - broker0),
+            switches: server_switches + client_switches,
         },
         server_cpu,
         client_cpu,
+        server_switches,
+        client_switches,
         client_rss,
     })
 }
 
 async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> anyhow::Result<()> {
-    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let conn = lapin_client::connect(broker).await?;
     let ch = conn.create_channel().await?;
     let dir = std::env::temp_dir().join(format!("swpt-bench-{}", std::process::id()));
     let g = gateway(broker, &ch, dir.clone(), buffer).await?;
@@ -713,6 +749,8 @@ async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> a
     let (mut limits, mut rates, mut ratios) = (vec![], vec![], vec![]);
     let (mut loop_cpu, mut gateway_cpu, mut server_cpu, mut client_cpu) = (vec![], vec![], vec![], vec![]);
     let (mut broker_loop, mut broker_gw) = (vec![], vec![]);
+    let (mut cpu_ratios, mut loop_switches, mut server_switches, mut client_switches) =
+        (vec![], vec![], vec![], vec![]);
     let mut client_rss = 0;
     for round in 1..=rounds.max(1) {
         eprintln!(
@@ -734,6 +772,10 @@ async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> a
         server_cpu.push(gw.server_cpu);
         client_cpu.push(gw.client_cpu);
         broker_loop.push(limit.broker);
+        cpu_ratios.push(gw.path.cpu / limit.cpu);
+        loop_switches.push(limit.switches);
+        server_switches.push(gw.server_switches);
+        client_switches.push(gw.client_switches);
         broker_gw.push(gw.path.broker);
         client_rss = client_rss.max(gw.client_rss);
     }
@@ -762,6 +804,16 @@ async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> a
     println!(
         "CPU per message of the limit loop (one process): {:.1} us",
         median(loop_cpu)
+    );
+    println!(
+        "CPU ratio gateway (server + client) / limit loop: {:.2} (median of the rounds' ratios)",
+        median(cpu_ratios)
+    );
+    println!(
+        "context switches per message: server {:.2}, client {:.2}, limit loop {:.2}",
+        median(server_switches),
+        median(client_switches),
+        median(loop_switches)
     );
     if broker_proc.is_some() {
         println!(
@@ -838,7 +890,7 @@ fn print_latencies(label: &str, latencies: &[Duration]) {
 }
 
 async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
-    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let conn = lapin_client::connect(broker).await?;
     let ch = conn.create_channel().await?;
     eprintln!(
         "sending {count} messages at {rate} msg/s, straight through the broker, then through the gateway"

@@ -31,7 +31,7 @@ pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow
             ..Default::default()
         },
     )?;
-    let conn = amqp_bridge::connect(broker, Duration::from_secs(10)).await?;
+    let conn = crate::lapin_client::connect(broker).await?;
     let ch = conn.create_channel().await?;
     crate::declare_sink(&ch, "accounts_in", "bench.scale").await?;
     let server = spawn(

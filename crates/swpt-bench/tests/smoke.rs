@@ -94,6 +94,8 @@ fn throughput_runs_both_paths_and_prints_every_figure() {
         "gateway (swpt-client -> swpt-server over TLS): ",
         "ratio gateway / broker limit: ",
         "CPU per message (server + client): ",
+        "CPU ratio gateway (server + client) / limit loop: ",
+        "context switches per message: server ",
         "peak RSS swpt-server: ",
         "peak RSS swpt-client: ",
     ] {

@@ -1,0 +1,288 @@
+//! The AMQP connection: broker URLs parsed and redacted, one connection
+//! per process shared by its channels and re-opened when it is lost.
+
+use crate::BridgeError;
+use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
+use amqprs::channel::Channel;
+use amqprs::connection::{Connection, OpenConnectionArguments};
+use amqprs::{Ack, BasicProperties, Cancel, Close, CloseChannel, Nack, Return};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Mutex};
+
+/// Hides the password of an AMQP URL for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The connection arguments of an `amqp://user:pass@host:port/vhost` URL
+/// (user, password and vhost percent-decoded; the vhost defaults to `/`).
+fn open_arguments(url: &str) -> Result<OpenConnectionArguments, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+    let port = match parsed.scheme() {
+        "amqp" => parsed.port().unwrap_or(5672),
+        "amqps" => return Err("amqps:// is not supported by this build; use amqp://".into()),
+        other => return Err(format!("unsupported scheme \"{other}\" (amqp:// expected)")),
+    };
+    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+    let decode = |s: &str| {
+        percent_decode(s).ok_or_else(|| format!("invalid percent-encoding in \"{}\"", redact_url(url)))
+    };
+    let user = match parsed.username() {
+        "" => "guest".to_string(),
+        u => decode(u)?,
+    };
+    let password = match parsed.password() {
+        None => "guest".to_string(),
+        Some(p) => decode(p)?,
+    };
+    let vhost = match parsed.path().strip_prefix('/').unwrap_or("") {
+        "" => "/".to_string(),
+        v => decode(v)?,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(OpenConnectionArguments::new(host, port, &user, &password)
+        .virtual_host(&vhost)
+        .finish())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Opens one AMQP connection, on the caller's tokio runtime, within
+/// `timeout`.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Connection, BridgeError> {
+    let err = |reason: String| BridgeError::Connect {
+        url: redact_url(url),
+        reason,
+    };
+    let args = open_arguments(url).map_err(err)?;
+    match tokio::time::timeout(timeout, Connection::open(&args)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Err(_) => Err(err(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// A live connection and the signal that it was lost.
+#[derive(Clone)]
+struct Live {
+    conn: Connection,
+    lost: watch::Receiver<bool>,
+    /// Why RabbitMQ closed the connection, if it did.
+    closed: CloseReason,
+}
+
+/// One long-lived connection shared by a process, re-opened when it has
+/// gone away; hands out channels, each with a receiver that turns true
+/// when the connection under it is lost (amqprs does not fail what is
+/// pending on a dead connection by itself).
+pub struct SharedConnection {
+    url: String,
+    timeout: Duration,
+    live: Mutex<Option<Live>>,
+}
+
+impl SharedConnection {
+    pub fn new(url: &str, timeout: Duration) -> std::sync::Arc<SharedConnection> {
+        std::sync::Arc::new(SharedConnection {
+            url: url.to_string(),
+            timeout,
+            live: Mutex::new(None),
+        })
+    }
+
+    /// The live connection, opened (again) if needed.
+    async fn live(&self) -> Result<Live, BridgeError> {
+        let mut guard = self.live.lock().await;
+        if let Some(l) = guard.as_ref() {
+            if l.conn.is_open() && !*l.lost.borrow() {
+                return Ok(l.clone());
+            }
+            tracing::warn!("the RabbitMQ connection was lost; reconnecting");
+        }
+        let conn = connect(&self.url, self.timeout).await?;
+        let (tx, lost) = watch::channel(false);
+        let watched = conn.clone();
+        tokio::spawn(async move {
+            // Resolves when the connection ends, by a failure or a close.
+            watched.listen_network_io_failure().await;
+            let _ = tx.send(true);
+        });
+        let closed = CloseReason::default();
+        conn.register_callback(ConnectionWatch(closed.clone())).await?;
+        let live = Live { conn, lost, closed };
+        *guard = Some(live.clone());
+        Ok(live)
+    }
+
+    /// A new channel on the live connection, watched (see [`Opened`]).
+    pub(crate) async fn channel(&self) -> Result<Opened, BridgeError> {
+        let live = self.live().await?;
+        let channel = match live.conn.open_channel(None).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                // The connection may have died just now: one more try.
+                tracing::warn!("opening a RabbitMQ channel failed ({e}); reconnecting");
+                self.live.lock().await.take();
+                let live = self.live().await?;
+                return Opened::watch(live.conn.open_channel(None).await?, live).await;
+            }
+        };
+        Opened::watch(channel, live).await
+    }
+
+    /// Closes the connection, if open.
+    pub async fn close(&self) {
+        if let Some(l) = self.live.lock().await.take() {
+            let _ = l.conn.close().await;
+        }
+    }
+}
+
+/// Why RabbitMQ closed a channel: its reply code and text.
+pub(crate) type CloseReason = Arc<std::sync::Mutex<Option<(u16, String)>>>;
+
+/// A channel, the signal that its connection was lost, and why RabbitMQ
+/// closed it, if it did (amqprs reports a closed channel to the caller
+/// only as "channel closed"; the reason comes through the callback).
+pub(crate) struct Opened {
+    pub channel: Channel,
+    pub lost: watch::Receiver<bool>,
+    pub closed: CloseReason,
+    /// Why RabbitMQ closed the channel's connection (a hard error such as
+    /// an unknown exchange type closes the connection), if it did.
+    connection_closed: CloseReason,
+}
+
+impl Opened {
+    async fn watch(channel: Channel, live: Live) -> Result<Opened, BridgeError> {
+        let closed = CloseReason::default();
+        channel.register_callback(CloseWatch(closed.clone())).await?;
+        Ok(Opened {
+            channel,
+            lost: live.lost,
+            closed,
+            connection_closed: live.closed,
+        })
+    }
+
+    /// Why RabbitMQ closed this channel or its connection, if it did.
+    pub fn reason(&self) -> Option<(u16, String)> {
+        closed_reason(&self.closed).or_else(|| closed_reason(&self.connection_closed))
+    }
+
+    /// An amqprs error on this channel, with RabbitMQ's reason when it
+    /// closed the channel or the connection.
+    pub fn error(&self, e: amqprs::error::Error) -> BridgeError {
+        match self.reason() {
+            Some((_, text)) => BridgeError::Amqp(text),
+            None => e.into(),
+        }
+    }
+}
+
+/// What RabbitMQ said when it closed the channel.
+pub(crate) fn closed_reason(closed: &CloseReason) -> Option<(u16, String)> {
+    closed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Records why RabbitMQ closed the channel.
+pub(crate) fn record_close(closed: &CloseReason, close: &CloseChannel) {
+    *closed.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some((close.reply_code(), close.reply_text().clone()));
+}
+
+/// The callback of a channel that neither publishes nor consumes by
+/// callback: it records a close.
+struct CloseWatch(CloseReason);
+
+#[async_trait::async_trait]
+impl ChannelCallback for CloseWatch {
+    async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
+        record_close(&self.0, &close);
+        Ok(())
+    }
+    async fn cancel(&mut self, _channel: &Channel, _cancel: Cancel) -> Result<(), amqprs::error::Error> {
+        Ok(())
+    }
+    async fn flow(&mut self, _channel: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
+        Ok(active)
+    }
+    async fn publish_ack(&mut self, _channel: &Channel, _ack: Ack) {}
+    async fn publish_nack(&mut self, _channel: &Channel, _nack: Nack) {}
+    async fn publish_return(
+        &mut self,
+        _channel: &Channel,
+        _ret: Return,
+        _props: BasicProperties,
+        _content: Vec<u8>,
+    ) {
+    }
+}
+
+/// The connection's callback: records a close by RabbitMQ.
+struct ConnectionWatch(CloseReason);
+
+#[async_trait::async_trait]
+impl ConnectionCallback for ConnectionWatch {
+    async fn close(&mut self, _connection: &Connection, close: Close) -> Result<(), amqprs::error::Error> {
+        tracing::warn!("RabbitMQ closed the connection: {close}");
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((close.reply_code(), close.reply_text().clone()));
+        Ok(())
+    }
+    async fn blocked(&mut self, _connection: &Connection, reason: String) {
+        tracing::warn!("RabbitMQ blocked the connection: {reason}");
+    }
+    async fn unblocked(&mut self, _connection: &Connection) {
+        tracing::info!("RabbitMQ unblocked the connection");
+    }
+    async fn secret_updated(&mut self, _connection: &Connection) {}
+}
+
+/// Resolves once `lost` turns true (or its sender is gone).
+pub(crate) async fn lost(mut lost: watch::Receiver<bool>) {
+    let _ = lost.wait_for(|l| *l).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(redact_url("amqp://u:s3cret@h:5672/v"), "amqp://u:***@h:5672/v");
+        let a = open_arguments("amqp://u%40x:p%2Fw@broker:5673/my%2Fvhost").unwrap();
+        assert_eq!(a.get_host(), "broker");
+        assert_eq!(a.get_port(), 5673);
+        assert_eq!(a.get_virtual_host(), "my/vhost");
+        let a = open_arguments("amqp://h").unwrap();
+        assert_eq!((a.get_port(), a.get_virtual_host()), (5672, "/"));
+        assert!(open_arguments("http://h").is_err_and(|e| e.contains("unsupported scheme")));
+        assert!(open_arguments("not a url").is_err());
+    }
+}
