@@ -19,7 +19,7 @@
 
 use crate::backoff::Backoff;
 use crate::config::Internal;
-use crate::publish::publish;
+use crate::publish::out_message;
 use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, Publisher, SharedConnection};
 use futures::stream::FuturesOrdered;
@@ -211,12 +211,8 @@ impl<'a> Drain<'a> {
                         .dead_letter(tag, &format!("cannot build a reply: {e}"))
                 }
             };
-        let confirm = publish(
-            &mut self.publisher,
-            self.node.node_type.in_exchange(),
-            &publication,
-        )
-        .await;
+        let message = out_message(self.node.node_type.in_exchange(), &publication);
+        let confirm = self.publisher.publish(&message).await;
         self.pending.push_back(Box::pin(confirm.map(move |r| (tag, r))));
     }
 }

@@ -1,9 +1,9 @@
 //! The one place where an SMP [`Publication`] (what `smp-json` decided to
 //! publish) becomes an AMQP [`OutMessage`] (what `amqp-bridge` sends):
-//! the server and the drainer publish through [`publish`], and the
-//! benchmark builds its like-for-like messages with [`out_message`].
+//! the server and the drainer publish what [`out_message`] makes, and the
+//! benchmark builds its like-for-like messages with it too.
 
-use amqp_bridge::{HeaderValue, OutMessage, PendingConfirm, Publisher};
+use amqp_bridge::{HeaderValue, OutMessage};
 use smp_json::Publication;
 
 /// The AMQP message for `p`, to `exchange`.
@@ -27,9 +27,4 @@ pub fn out_message<'a>(exchange: &'a str, p: &'a Publication) -> OutMessage<'a> 
         body: &p.body,
         headers,
     }
-}
-
-/// Publishes `p` to `exchange`; the future resolves with its confirmation.
-pub async fn publish(publisher: &mut Publisher, exchange: &str, p: &Publication) -> PendingConfirm {
-    publisher.publish(&out_message(exchange, p)).await
 }

@@ -16,8 +16,8 @@
 //!   and connection slot, and how the connection is closed;
 //! - [`session`]: the STOMP session over it, joined to a publisher.
 //!
-//! Connections share one AMQP connection; each has its own confirming
-//! channel.
+//! Connections share one AMQP connection and one confirming channel
+//! ([`SharedPublisher`]); each awaits its own confirmations.
 
 mod handler;
 mod session;
@@ -26,7 +26,7 @@ use crate::config::Internal;
 use crate::session::Timing;
 use crate::shutdown::Shutdown;
 use crate::tls::{server_config, PeerRoots};
-use amqp_bridge::SharedConnection;
+use amqp_bridge::{SharedConnection, SharedPublisher};
 use nodedata::{NodeData, NodeDatabase};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +42,8 @@ pub struct ServerContext {
     pub node: Arc<NodeData>,
     pub acceptor: TlsAcceptor,
     pub broker: Arc<SharedConnection>,
+    /// One confirming channel for every connection's publishes.
+    pub publisher: SharedPublisher,
     pub buffer: usize,
     pub internal: Internal,
     pub timing: Timing,
@@ -72,9 +74,11 @@ impl ServerContext {
                 .keep_fresh(db.clone(), internal.peers_check().min(Duration::from_secs(600))),
         );
         let config = server_config(certs, key, node.root_cert.clone(), roots)?;
+        let broker = SharedConnection::new(broker_url, internal.rmq_connection_timeout());
         Ok(Arc::new(ServerContext {
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            broker: SharedConnection::new(broker_url, internal.rmq_connection_timeout()),
+            publisher: SharedPublisher::new(broker.clone(), internal.rmq_confirmation_timeout()),
+            broker,
             timing: internal.timing(),
             db,
             node,
@@ -162,5 +166,6 @@ pub async fn serve(listener: TcpListener, ctx: Arc<ServerContext>, mut shutdown:
         tracing::warn!("{} connections did not close in time; cutting them", tasks.len());
         tasks.shutdown().await;
     }
+    ctx.publisher.close().await;
     ctx.broker.close().await;
 }

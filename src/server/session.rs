@@ -18,12 +18,12 @@
 
 use super::handler::{codec_error_text, Conn};
 use super::ServerContext;
-use crate::publish::publish;
+use crate::publish::out_message;
 use crate::session::frames::{connected_frame, error_frame, receipt_frame, ClientFrame, Send};
 use crate::session::liveness::silence_text;
 use crate::session::{until, Batch, Due, HeartBeats, Liveness};
 use crate::shutdown::Shutdown;
-use amqp_bridge::{BridgeError, Publisher};
+use amqp_bridge::BridgeError;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
 use nodedata::PeerData;
@@ -64,7 +64,6 @@ pub(super) struct Session<'a> {
     peer: Arc<PeerData>,
     shutdown: Shutdown,
     destination: String,
-    publisher: Option<Publisher>,
     confirms: FuturesOrdered<Confirm>,
     receipts: Batch<String>,
     /// The receipt of a DISCONNECT waiting for the confirms.
@@ -82,7 +81,6 @@ impl<'a> Session<'a> {
             ctx,
             peer,
             shutdown,
-            publisher: None,
             confirms: FuturesOrdered::new(),
             receipts: Batch::new(ctx.buffer),
             disconnect: None,
@@ -307,7 +305,13 @@ impl<'a> Session<'a> {
             Err(e) => return self.refuse(&send, e),
         };
         let exchange = self.ctx.node.node_type.in_exchange();
-        let confirm = publish(self.publisher().await?, exchange, &publication).await;
+        let message = out_message(exchange, &publication);
+        let confirm = self
+            .ctx
+            .publisher
+            .publish(&message)
+            .await
+            .map_err(broker_failed)?;
         let receipt = send.receipt;
         self.confirms
             .push_back(Box::pin(confirm.map(move |r| r.map(|()| receipt))));
@@ -328,19 +332,6 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// The session's publisher, opened at the first SEND.
-    async fn publisher(&mut self) -> Result<&mut Publisher, End> {
-        if self.publisher.is_none() {
-            let p = Publisher::new(&self.ctx.broker, self.ctx.internal.rmq_confirmation_timeout())
-                .await
-                .map_err(broker_failed)?;
-            self.publisher = Some(p);
-        }
-        self.publisher
-            .as_mut()
-            .ok_or_else(|| fail("Internal server error."))
-    }
-
     /// Ends the session when the peer has been deactivated meanwhile.
     async fn check_peer(&mut self) -> Result<(), End> {
         match self.ctx.db.peer_data(&self.peer.node_id).await {
@@ -359,13 +350,5 @@ async fn on_due(due: Due, conn: &mut Conn) -> Result<(), End> {
     match due {
         Due::HeartBeat => conn.send(StompItem::HeartBeat).await.map_err(|_| End::Closed),
         Due::Silent(limit) => Err(fail(&silence_text(limit))),
-    }
-}
-
-impl Drop for Session<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.publisher.take() {
-            tokio::spawn(async move { p.close().await });
-        }
     }
 }

@@ -21,7 +21,7 @@ pub mod topology;
 
 pub use connection::{connect, redact_url, SharedConnection};
 pub use consumer::{check_queue, Consumer, InMessage};
-pub use publisher::{PendingConfirm, Publisher};
+pub use publisher::{PendingConfirm, Publisher, SharedPublisher};
 
 use amqprs::{BasicProperties, FieldTable, FieldValue};
 use std::time::Duration;

@@ -20,10 +20,11 @@ use crate::{checked_name, BridgeError, OutMessage};
 use amqprs::callbacks::ChannelCallback;
 use amqprs::channel::{BasicPublishArguments, Channel, ConfirmSelectArguments};
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, Nack, Return};
+use futures::FutureExt;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 
 /// A pending confirmation; await it to learn the message's fate.
@@ -32,6 +33,7 @@ pub type PendingConfirm = futures::future::BoxFuture<'static, Result<(), BridgeE
 /// One unconfirmed publish.
 struct Unconfirmed {
     seq: u64,
+    sent: Instant,
     fingerprint: u64,
     returned: Option<(String, String)>,
     settle: oneshot::Sender<Result<(), BridgeError>>,
@@ -63,11 +65,12 @@ impl Confirms {
         }
     }
 
-    /// Fails everything pending: the channel is gone.
-    fn fail_all(&mut self, why: &str) {
-        self.closed = Some(why.to_string());
+    /// Fails everything pending, and the publisher: the channel is gone
+    /// or no longer to be trusted.
+    fn fail_all(&mut self, error: BridgeError) {
+        self.closed = Some(error.to_string());
         for u in self.pending.drain(..) {
-            let _ = u.settle.send(Err(BridgeError::Amqp(why.to_string())));
+            let _ = u.settle.send(Err(error.clone()));
         }
     }
 }
@@ -110,8 +113,8 @@ impl ChannelCallback for Callback {
     async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
         tracing::warn!("RabbitMQ closed a publishing channel: {close}");
         record_close(&self.closed, &close);
-        self.confirms()
-            .fail_all(&format!("the channel was closed: {close}"));
+        let error = BridgeError::Amqp(format!("the channel was closed: {close}"));
+        self.confirms().fail_all(error);
         Ok(())
     }
 
@@ -152,12 +155,12 @@ impl ChannelCallback for Callback {
 }
 
 /// A publisher with confirms on its own channel. One task publishes with
-/// it (the message numbers follow the call order).
+/// it (the message numbers follow the call order); see
+/// [`SharedPublisher`] for many.
 pub struct Publisher {
     channel: Channel,
     confirms: Arc<Mutex<Confirms>>,
     lost: watch::Receiver<bool>,
-    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -182,11 +185,15 @@ impl Publisher {
             .confirm_select(select)
             .await
             .map_err(|e| opened.error(e))?;
+        tokio::spawn(watchdog(
+            Arc::downgrade(&confirms),
+            opened.lost.clone(),
+            confirm_timeout,
+        ));
         Ok(Publisher {
             channel: opened.channel,
             confirms,
             lost: opened.lost,
-            confirm_timeout,
         })
     }
 
@@ -198,17 +205,7 @@ impl Publisher {
     /// channel, a lost connection or the confirmation timeout.
     pub async fn publish(&mut self, m: &OutMessage<'_>) -> PendingConfirm {
         match self.send(m).await {
-            Ok(settled) => {
-                let lost = self.lost.clone();
-                let timeout = self.confirm_timeout;
-                Box::pin(async move {
-                    tokio::select! {
-                        r = settled => r.unwrap_or(Err(BridgeError::ConnectionLost)),
-                        _ = crate::connection::lost(lost) => Err(BridgeError::ConnectionLost),
-                        _ = tokio::time::sleep(timeout) => Err(BridgeError::ConfirmTimeout(timeout)),
-                    }
-                })
-            }
+            Ok(settled) => Box::pin(settled.map(|r| r.unwrap_or(Err(BridgeError::ConnectionLost)))),
             Err(e) => Box::pin(futures::future::ready(Err(e))),
         }
     }
@@ -230,6 +227,7 @@ impl Publisher {
             confirms.next_seq += 1;
             confirms.pending.push_back(Unconfirmed {
                 seq,
+                sent: Instant::now(),
                 fingerprint: fingerprint(m.exchange, m.routing_key, m.body),
                 returned: None,
                 settle,
@@ -237,14 +235,93 @@ impl Publisher {
         }
         if let Err(e) = self.channel.basic_publish(props, m.body.to_vec(), args).await {
             let mut confirms = self.confirms.lock().unwrap_or_else(|e| e.into_inner());
-            confirms.fail_all(&format!("publishing failed: {e}"));
+            confirms.fail_all(BridgeError::Amqp(format!("publishing failed: {e}")));
             return Err(e.into());
         }
         Ok(settled)
     }
 
+    /// Whether the publisher can still publish (its channel and
+    /// connection are up, nothing failed it).
+    pub fn usable(&self) -> bool {
+        let failed = self
+            .confirms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed
+            .is_some();
+        !failed && self.channel.is_open() && !*self.lost.borrow()
+    }
+
     /// Closes the channel.
     pub async fn close(self) {
         let _ = self.channel.close().await;
+    }
+}
+
+/// Fails a publisher's pending confirmations when its connection is lost,
+/// or when the oldest has waited longer than `timeout`: one timer per
+/// publisher, not one per message. Ends with the publisher.
+async fn watchdog(confirms: Weak<Mutex<Confirms>>, mut lost: watch::Receiver<bool>, timeout: Duration) {
+    let every = (timeout / 4).max(Duration::from_millis(100));
+    loop {
+        let failure = tokio::select! {
+            _ = lost.wait_for(|l| *l) => Some(BridgeError::ConnectionLost),
+            _ = tokio::time::sleep(every) => None,
+        };
+        let Some(confirms) = confirms.upgrade() else {
+            return;
+        };
+        let mut confirms = confirms.lock().unwrap_or_else(|e| e.into_inner());
+        let overdue = confirms
+            .pending
+            .front()
+            .is_some_and(|u| u.sent.elapsed() > timeout);
+        match failure {
+            Some(e) => return confirms.fail_all(e),
+            None if overdue => return confirms.fail_all(BridgeError::ConfirmTimeout(timeout)),
+            None if confirms.closed.is_some() => return,
+            None => {}
+        }
+    }
+}
+
+/// One confirming channel for many publishing tasks (a server's
+/// sessions): RabbitMQ allows a connection 2,047 channels by default, and
+/// each channel costs memory on both sides. Opened at the first publish,
+/// and again after a failure.
+pub struct SharedPublisher {
+    conn: Arc<crate::SharedConnection>,
+    confirm_timeout: Duration,
+    publisher: tokio::sync::Mutex<Option<Publisher>>,
+}
+
+impl SharedPublisher {
+    pub fn new(conn: Arc<crate::SharedConnection>, confirm_timeout: Duration) -> SharedPublisher {
+        SharedPublisher {
+            conn,
+            confirm_timeout,
+            publisher: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Publishes one message, as [`Publisher::publish`]; fails when no
+    /// channel can be opened.
+    pub async fn publish(&self, m: &OutMessage<'_>) -> Result<PendingConfirm, BridgeError> {
+        let mut slot = self.publisher.lock().await;
+        if !slot.as_ref().is_some_and(Publisher::usable) {
+            *slot = Some(Publisher::new(&self.conn, self.confirm_timeout).await?);
+        }
+        match slot.as_mut() {
+            Some(p) => Ok(p.publish(m).await),
+            None => Err(BridgeError::ConnectionLost),
+        }
+    }
+
+    /// Closes the channel, if open.
+    pub async fn close(&self) {
+        if let Some(p) = self.publisher.lock().await.take() {
+            p.close().await;
+        }
     }
 }
