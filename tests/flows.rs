@@ -356,25 +356,63 @@ async fn json_logs_and_clear_startup_errors() {
 
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
-    let port = free_port();
-    let mut server = spawn(
+    let port = free_port().to_string();
+    let args = ["--log-format", "json", "--log-level", "debug", "-p", &port];
+    let (mut server, log) = spawn_logged(
         "swpt-server",
-        &[
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-            "-p",
-            &port.to_string(),
-        ],
+        &args,
         &net.aa_dir,
         "amqp://guest:guest@127.0.0.1:5672",
-        &[],
     );
-    wait_port(port).await;
+    // A connection that closes before its TLS handshake: a debug record
+    // with the address as a field of its own.
+    wait_port(port.parse().unwrap()).await;
+    wait_for_log(&log, "before the TLS handshake", Duration::from_secs(10)).await;
     server.sigterm();
     let status = server.0.wait().unwrap();
     assert!(status.success(), "SIGTERM stops the server cleanly: {status:?}");
+    // Every line on stdout is a JSON object as the Python gateway writes
+    // them: asctime, levelname, name and message.
+    let log = log.lock().unwrap().clone();
+    let records: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for r in &records {
+        for key in ["asctime", "levelname", "name", "message"] {
+            assert!(r[key].is_string(), "{key} missing in {r}");
+        }
+        let t = r["asctime"].as_str().unwrap();
+        assert!(
+            t.len() == 24 && t.as_bytes()[10] == b'T' && t.ends_with("+0000"),
+            "{t}"
+        );
+        assert!(["DEBUG", "INFO", "WARNING", "ERROR"].contains(&r["levelname"].as_str().unwrap()));
+    }
+    let listening = records
+        .iter()
+        .find(|r| r["message"].as_str().unwrap().contains("listening on"));
+    assert_eq!(
+        listening.expect("the listening record")["levelname"],
+        "INFO",
+        "{log}"
+    );
+    let probe = records.iter().find(|r| {
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("before the TLS handshake")
+    });
+    let probe = probe.unwrap_or_else(|| panic!("the probe's record:\n{log}"));
+    assert_eq!(probe["levelname"], "DEBUG");
+    assert!(
+        probe["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{probe}"
+    );
+    assert!(
+        probe["name"].as_str().unwrap().starts_with("swpt_gateway."),
+        "{probe}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

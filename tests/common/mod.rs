@@ -115,7 +115,8 @@ pub fn spawn(name: &str, args: &[&str], node_dir: &Path, broker: &str, extra_env
     Proc(cmd.spawn().unwrap())
 }
 
-/// Like [`spawn`], with the process's stderr collected as it comes.
+/// Like [`spawn`], with the process's log (its standard output) collected
+/// as it comes.
 pub fn spawn_logged(
     name: &str,
     args: &[&str],
@@ -123,21 +124,35 @@ pub fn spawn_logged(
     broker: &str,
 ) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
     let mut cmd = Command::new(bin(name));
-    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
     node_env(&mut cmd, node_dir, broker);
     let mut child = cmd.spawn().unwrap();
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
     let sink = log.clone();
     std::thread::spawn(move || {
         use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
             let mut log = sink.lock().unwrap();
             log.push_str(&line);
             log.push('\n');
         }
     });
     (Proc(child), log)
+}
+
+/// Waits until `log` (see [`spawn_logged`]) holds `needle`; panics after
+/// `within`.
+pub async fn wait_for_log(log: &std::sync::Mutex<String>, needle: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !log.lock().unwrap().contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no \"{needle}\" in the log:\n{}",
+            log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub fn run(name: &str, args: &[&str], node_dir: &Path, broker: &str) -> std::process::Output {

@@ -209,8 +209,11 @@ pub fn spawn(
     env: &[(&str, String)],
 ) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(bin(name)?);
+    // The gateway logs on its standard output: to the bench's stderr, so
+    // that the bench's own output holds only its figures.
     cmd.args(args)
         .stdin(Stdio::null())
+        .stdout(std::io::stderr())
         .env("SWPT_NODEDATA_URL", format!("file://{}", node.display()))
         .env("PROTOCOL_BROKER_URL", broker)
         .env("SWPT_SERVER_CERT", node.join("server.crt"))
@@ -920,10 +923,31 @@ fn main() -> anyhow::Result<()> {
     // broker-limit loop) runs on the same CPUs as the gateway processes it
     // starts: pinned before the runtime starts its threads.
     swpt_gateway::affinity::apply_from_env()?;
+    raise_fd_limit();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(run(cli))
+}
+
+/// Raises this process's open-file limit to its hard limit, so that the
+/// scale mode's thousands of sessions fit; the gateway processes started
+/// from here inherit it.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to
+    // a live rlimit value.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                eprintln!(
+                    "cannot raise the open-file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
