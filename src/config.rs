@@ -18,11 +18,13 @@ pub struct CommonArgs {
         default_value = "file:///var/lib/swpt-nodedata"
     )]
     pub nodedata_url: String,
-    /// The RabbitMQ broker.
+    /// The RabbitMQ broker (its value, which may hold a password, is never
+    /// shown).
     #[arg(
         short = 'u',
         long,
         env = "PROTOCOL_BROKER_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@localhost:5672"
     )]
     pub broker_url: String,

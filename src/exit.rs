@@ -13,16 +13,40 @@ pub fn run_main(program: impl Future<Output = anyhow::Result<()>>) -> ! {
     }
 }
 
-/// Ends the process with the outcome of a program: 0, or 1 with the error
-/// on stderr. Exiting here, rather than returning from `main`, keeps the
-/// runtime's teardown from racing lapin's I/O thread (which would log
-/// spurious errors after a clean shutdown).
+/// The exit status of a program that cannot start as configured: a bad
+/// flag or setting, an unreadable or invalid certificate, key or node
+/// database. (clap exits with it for a bad command line too.)
+pub const CONFIG_EXIT: i32 = 2;
+
+/// The exit status of a failure at run time (and of the errors SPEC
+/// gives status 1, such as configure-queue's unknown peer).
+pub const RUNTIME_EXIT: i32 = 1;
+
+/// A configuration error (see [`CONFIG_EXIT`]).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct ConfigError(#[from] pub anyhow::Error);
+
+/// Marks an error as a configuration error.
+pub fn config(e: impl Into<anyhow::Error>) -> anyhow::Error {
+    anyhow::Error::new(ConfigError(e.into()))
+}
+
+/// Ends the process with the outcome of a program: 0, or the error on
+/// stderr and [`CONFIG_EXIT`] or [`RUNTIME_EXIT`]. Exiting here, rather
+/// than returning from `main`, keeps the runtime's teardown from racing
+/// the tasks still running.
 pub fn finish(result: anyhow::Result<()>) -> ! {
     match result {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("Error: {e:#}");
-            std::process::exit(1)
+            let code = if e.is::<ConfigError>() {
+                CONFIG_EXIT
+            } else {
+                RUNTIME_EXIT
+            };
+            std::process::exit(code)
         }
     }
 }

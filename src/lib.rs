@@ -14,6 +14,15 @@
 //! [`shutdown`] (signals), [`affinity`] (CPU pinning), [`backoff`] (waits
 //! between attempts), [`exit`] (exit status).
 
+/// The version `--version` shows: the package's, and the git commit the
+/// binaries were built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SWPT_GIT_COMMIT"),
+    ")"
+);
+
 pub mod affinity;
 pub mod backoff;
 pub mod client;

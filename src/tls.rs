@@ -109,6 +109,7 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 
 /// Loads an unencrypted PEM private key.
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    warn_if_readable_by_others(path);
     let bytes = std::fs::read(path).map_err(|e| TlsError::File {
         file: path.display().to_string(),
         reason: e.to_string(),
@@ -117,6 +118,26 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         file: path.display().to_string(),
         reason: format!("no usable unencrypted PEM private key: {e}"),
     })
+}
+
+/// Warns (once per process and file) when a private key file may be read
+/// by users other than its owner.
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    static WARNED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let Ok(meta) = std::fs::metadata(path) else { return };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.iter().any(|p| p == path) {
+        warned.push(path.to_path_buf());
+        tracing::warn!(
+            "the private key {} is readable by others (mode {mode:o}); chmod 600 it",
+            path.display()
+        );
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {

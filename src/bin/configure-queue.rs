@@ -6,12 +6,12 @@ use amqp_bridge::SharedConnection;
 use clap::Parser;
 use nodedata::NodeDatabase;
 use swpt_gateway::config::{CommonArgs, PeerQueueArgs};
-use swpt_gateway::exit::run_main;
+use swpt_gateway::exit::{config, run_main};
 
 /// Declares the exchanges, bindings and queues (QUEUE and QUEUE.XQ) that
 /// route messages for one peer; running it twice is harmless.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = swpt_gateway::VERSION)]
 struct Cli {
     #[command(flatten)]
     queue: PeerQueueArgs,
@@ -25,9 +25,9 @@ fn main() {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let internal = cli.common.start()?;
-    let db = NodeDatabase::open(&cli.common.nodedata_url, internal.peers_cache())?;
-    let node = db.node_data().await?;
+    let internal = cli.common.start().map_err(config)?;
+    let db = NodeDatabase::open(&cli.common.nodedata_url, internal.peers_cache()).map_err(config)?;
+    let node = db.node_data().await.map_err(config)?;
     let peer = db
         .peer_data(&cli.queue.peer_node_id)
         .await?

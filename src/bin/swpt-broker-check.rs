@@ -6,6 +6,10 @@ use std::time::Duration;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("swpt-broker-check {}", swpt_gateway::VERSION);
+        return std::process::ExitCode::SUCCESS;
+    }
     let url = std::env::args()
         .nth(1)
         .or_else(|| std::env::var("PROTOCOL_BROKER_URL").ok())

@@ -3,13 +3,13 @@
 use clap::Parser;
 use swpt_gateway::client::{self, ClientSettings};
 use swpt_gateway::config::{CertArgs, CommonArgs, PeerQueueArgs};
-use swpt_gateway::exit::run_main;
+use swpt_gateway::exit::{config, run_main};
 use swpt_gateway::shutdown::Shutdown;
 
 /// Consumes a RabbitMQ queue of messages for one peer and sends them to
 /// the peer's STOMP servers; reconnects by itself.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = swpt_gateway::VERSION)]
 struct Cli {
     #[command(flatten)]
     link: PeerQueueArgs,
@@ -25,7 +25,7 @@ struct Cli {
 fn main() {
     run_main(async {
         let cli = Cli::parse();
-        let internal = cli.common.start()?;
+        let internal = cli.common.start().map_err(config)?;
         let settings = ClientSettings {
             nodedata_url: cli.common.nodedata_url,
             broker_url: cli.common.broker_url,
@@ -36,6 +36,8 @@ fn main() {
             buffer: cli.client_buffer.max(1),
             internal,
         };
-        Ok(client::run(settings, Shutdown::on_signals()).await?)
+        client::run(settings, Shutdown::on_signals())
+            .await
+            .map_err(client::FatalError::into_anyhow)
     })
 }

@@ -3,14 +3,14 @@
 use clap::Parser;
 use swpt_gateway::config::{CommonArgs, PeerQueueArgs};
 use swpt_gateway::drainer::{self, DrainerSettings};
-use swpt_gateway::exit::run_main;
+use swpt_gateway::exit::{config, run_main};
 use swpt_gateway::shutdown::Shutdown;
 
 /// Consumes the queue of a deactivated peer, acks everything, and
 /// publishes the replies the peer would have sent for AccountUpdate,
 /// PreparedTransfer and ConfigureAccount.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = swpt_gateway::VERSION)]
 struct Cli {
     #[command(flatten)]
     drain: PeerQueueArgs,
@@ -27,7 +27,7 @@ struct Cli {
 fn main() {
     run_main(async {
         let cli = Cli::parse();
-        let internal = cli.common.start()?;
+        let internal = cli.common.start().map_err(config)?;
         let settings = DrainerSettings {
             nodedata_url: cli.common.nodedata_url,
             broker_url: cli.common.broker_url,

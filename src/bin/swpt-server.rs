@@ -2,14 +2,14 @@
 
 use clap::Parser;
 use swpt_gateway::config::{CertArgs, CommonArgs};
-use swpt_gateway::exit::run_main;
+use swpt_gateway::exit::{config, run_main};
 use swpt_gateway::server::{bind, serve, ServerContext};
 use swpt_gateway::shutdown::Shutdown;
 
 /// Accepts mutually authenticated TLS STOMP connections from the node's
 /// peers and publishes the messages they send to the node's RabbitMQ.
 #[derive(Parser, Debug)]
-#[command(version)]
+#[command(version = swpt_gateway::VERSION)]
 struct Cli {
     /// The port to listen on.
     #[arg(short = 'p', long, env = "SWPT_SERVER_PORT", default_value_t = 1234)]
@@ -26,7 +26,7 @@ struct Cli {
 fn main() {
     run_main(async {
         let cli = Cli::parse();
-        let internal = cli.common.start()?;
+        let internal = cli.common.start().map_err(config)?;
         let backlog = internal.app_stomp_server_backlog;
         let ctx = ServerContext::new(
             &cli.common.nodedata_url,
@@ -36,7 +36,8 @@ fn main() {
             cli.server_buffer,
             internal,
         )
-        .await?;
+        .await
+        .map_err(config)?;
         let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
         let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("{} {} listening on {addr}", ctx.node.node_type, ctx.node.node_id);

@@ -47,8 +47,26 @@ pub struct ClientSettings {
 pub enum FatalError {
     #[error("peer {0} is not an active peer in the node database")]
     UnknownPeer(String),
+    /// The node database, certificate or key cannot be used.
+    #[error(transparent)]
+    Config(anyhow::Error),
     #[error(transparent)]
     Other(#[from] anyhow::Error),
+}
+
+impl FatalError {
+    /// For [`crate::exit::finish`]: a configuration error exits with its
+    /// own status.
+    pub fn into_anyhow(self) -> anyhow::Error {
+        match self {
+            FatalError::Config(e) => crate::exit::config(e),
+            other => other.into(),
+        }
+    }
+}
+
+fn config_error(e: impl Into<anyhow::Error>) -> FatalError {
+    FatalError::Config(e.into())
 }
 
 /// How one link ended.
@@ -63,10 +81,10 @@ enum LinkEnd {
 
 /// Runs the client until shutdown; reconnects after every failure.
 pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalError> {
-    let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(anyhow::Error::from)?;
-    let node = db.node_data().await.map_err(anyhow::Error::from)?;
-    let certs = crate::tls::load_certs(&s.server_cert).map_err(anyhow::Error::from)?;
-    let key = crate::tls::load_key(&s.server_key).map_err(anyhow::Error::from)?;
+    let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(config_error)?;
+    let node = db.node_data().await.map_err(config_error)?;
+    let certs = crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
+    let key = crate::tls::load_key(&s.server_key).map_err(config_error)?;
     let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
     let mut backoff = Backoff::new();
     let mut queue_checked = false;

@@ -249,6 +249,31 @@ pub fn write_file(dir: &Path, rel: &str, contents: impl AsRef<[u8]>) -> Result<(
     std::fs::write(&path, contents).map_err(|source| GenError::Io { path, source })
 }
 
+/// Writes a private key, readable by its owner only (0600).
+pub fn write_key(dir: &Path, rel: &str, pem: impl AsRef<[u8]>) -> Result<(), GenError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = dir.join(rel);
+    let io = |source| GenError::Io {
+        path: path.clone(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io)?;
+    // An older file keeps its mode through `open`: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    file.write_all(pem.as_ref()).map_err(io)
+}
+
 /// A node being written: its authority and its server key pair.
 pub struct NodeFiles {
     pub dir: PathBuf,
@@ -283,7 +308,7 @@ impl NodeFiles {
         let leaf = auth.issue_leaf(&server_key, &LeafOptions::default())?;
         write_file(&dir, "root-ca.crt", auth.root.pem())?;
         write_file(&dir, "server.crt", leaf.pem())?;
-        write_file(&dir, "server.key", server_key.serialize_pem())?;
+        write_key(&dir, "server.key", server_key.serialize_pem())?;
         write_file(&dir, "db/nodeid", format!("{}\n", auth.node_id))?;
         write_file(&dir, "db/nodetype", format!("{}\n", auth.node_type.as_db_str()))?;
         match (auth.node_type, own_subnet) {
