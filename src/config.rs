@@ -95,6 +95,9 @@ pub struct Internal {
     /// How long a stopping process may take (SIGTERM or SIGINT): what is
     /// in flight is finished within it, then the process exits.
     pub app_shutdown_grace_seconds: f64,
+    /// A CA certificate file (PEM) trusted, on top of the system's roots,
+    /// for an `amqps://` broker.
+    pub app_broker_ca_file: Option<PathBuf>,
     /// The heart-beat we offer to send (ms).
     pub app_stomp_heartbeat_send_ms: u64,
     /// The heart-beat we want to receive (ms).
@@ -120,6 +123,7 @@ impl Default for Internal {
             app_stomp_server_backlog: 100,
             app_max_connections_per_peer: 10,
             app_shutdown_grace_seconds: 15.0,
+            app_broker_ca_file: None,
             app_stomp_heartbeat_send_ms: 5000,
             app_stomp_heartbeat_recv_ms: 30000,
             app_stomp_network_delay_ms: 10000,
@@ -175,6 +179,14 @@ impl Internal {
     }
     pub fn rmq_confirmation_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.app_rmq_confirmation_timeout_seconds)
+    }
+    /// How to reach the broker at `url`.
+    pub fn broker(&self, url: &str) -> amqp_bridge::BrokerSettings {
+        amqp_bridge::BrokerSettings {
+            url: url.to_string(),
+            timeout: self.rmq_connection_timeout(),
+            ca_file: self.app_broker_ca_file.clone(),
+        }
     }
     /// The grace period of a stop (`APP_SHUTDOWN_GRACE_SECONDS`).
     pub fn shutdown_grace(&self) -> Duration {

@@ -51,7 +51,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
     if !peer.is_deactivated() {
         anyhow::bail!("peer {} has not been deactivated", s.peer_id);
     }
-    let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
+    let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
     let mut backoff = Backoff::new();
     let mut first = true;

@@ -4,7 +4,9 @@
 
 mod common;
 
-use amqp_bridge::{BridgeError, Consumer, HeaderValue, OutMessage, Publisher, SharedConnection};
+use amqp_bridge::{
+    BridgeError, BrokerSettings, Consumer, HeaderValue, OutMessage, Publisher, SharedConnection,
+};
 use common::*;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
@@ -47,7 +49,7 @@ async fn ten_thousand_confirmed_in_order_and_mandatory_returns() {
     let vhost = Vhost::new("publisher");
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
-    let shared = SharedConnection::new(&vhost.url, Duration::from_secs(10));
+    let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
     let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
     let confirmed = publish_many(&mut publisher, 10_000, "a.b").await.unwrap();
     assert_eq!(confirmed, (0..10_000).collect::<Vec<_>>());
@@ -99,7 +101,7 @@ async fn integer_headers_use_the_smallest_type() {
     let vhost = Vhost::new("headers");
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
-    let shared = SharedConnection::new(&vhost.url, Duration::from_secs(10));
+    let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
     let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
     let headers = [
         ("i8", HeaderValue::Int(-5)),
@@ -148,7 +150,7 @@ async fn consumer_cumulative_ack_and_missing_queue() {
         )
         .await;
     }
-    let shared = SharedConnection::new(&vhost.url, Duration::from_secs(10));
+    let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
     let mut consumer = Consumer::new(&shared, "q", 10).await.unwrap();
     let mut last = 0;
     for _ in 0..30 {
@@ -184,7 +186,7 @@ async fn broker_restart_fails_the_stream_and_the_connection_recovers() {
     let vhost = Vhost::new("restart");
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
-    let shared = SharedConnection::new(&vhost.url, Duration::from_secs(10));
+    let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
     let mut publisher = Publisher::new(&shared, Duration::from_secs(5)).await.unwrap();
     let restart = tokio::spawn(async {
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -36,7 +36,7 @@ async fn run() -> anyhow::Result<()> {
         anyhow::bail!("peer {} has been deactivated", cli.queue.peer_node_id);
     }
     let topology = topology_for(&node, &peer, &cli.queue.queue_name)?;
-    let broker = SharedConnection::new(&cli.common.broker_url, internal.rmq_connection_timeout());
+    let broker = SharedConnection::new(internal.broker(&cli.common.broker_url));
     let declared = declare(&broker, &topology).await;
     broker.close().await;
     declared?;

@@ -14,7 +14,9 @@ async fn main() -> std::process::ExitCode {
         .nth(1)
         .or_else(|| std::env::var("PROTOCOL_BROKER_URL").ok())
         .unwrap_or_else(|| "amqp://guest:guest@localhost:5672".to_string());
-    match amqp_bridge::connect(&url, Duration::from_secs(5)).await {
+    let mut broker = amqp_bridge::BrokerSettings::new(&url, Duration::from_secs(5));
+    broker.ca_file = std::env::var_os("APP_BROKER_CA_FILE").map(Into::into);
+    match amqp_bridge::connect(&broker).await {
         Ok(conn) => {
             let _ = conn.close().await;
             std::process::ExitCode::SUCCESS

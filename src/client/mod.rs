@@ -85,7 +85,7 @@ pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalE
     let node = db.node_data().await.map_err(config_error)?;
     let certs = crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
     let key = crate::tls::load_key(&s.server_key).map_err(config_error)?;
-    let broker = SharedConnection::new(&s.broker_url, s.internal.rmq_connection_timeout());
+    let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     let mut backoff = Backoff::new();
     let mut queue_checked = false;
     let result = loop {

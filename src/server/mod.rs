@@ -74,7 +74,7 @@ impl ServerContext {
                 .keep_fresh(db.clone(), internal.peers_check().min(Duration::from_secs(600))),
         );
         let config = server_config(certs, key, node.root_cert.clone(), roots)?;
-        let broker = SharedConnection::new(broker_url, internal.rmq_connection_timeout());
+        let broker = SharedConnection::new(internal.broker(broker_url));
         Ok(Arc::new(ServerContext {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             publisher: SharedPublisher::new(broker.clone(), internal.rmq_confirmation_timeout()),

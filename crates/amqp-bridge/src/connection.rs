@@ -1,11 +1,15 @@
-//! The AMQP connection: broker URLs parsed and redacted, one connection
-//! per process shared by its channels and re-opened when it is lost.
+//! The AMQP connection: broker URLs parsed and redacted, `amqps://` over
+//! rustls (the broker's certificate checked against the system's roots and
+//! an optional CA file; never a silent fallback to plain text), one
+//! connection per process shared by its channels and re-opened when it is
+//! lost.
 
 use crate::BridgeError;
 use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
 use amqprs::channel::Channel;
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{Ack, BasicProperties, Cancel, Close, CloseChannel, Nack, Return};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
@@ -24,14 +28,39 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The connection arguments of an `amqp://user:pass@host:port/vhost` URL
-/// (user, password and vhost percent-decoded; the vhost defaults to `/`).
-fn open_arguments(url: &str) -> Result<OpenConnectionArguments, String> {
+/// How to reach the broker: its URL (`amqp://` or `amqps://`), how long
+/// connecting may take, and for `amqps://` a CA file (PEM) trusted on top
+/// of the system's roots.
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    pub url: String,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl BrokerSettings {
+    pub fn new(url: &str, timeout: Duration) -> BrokerSettings {
+        BrokerSettings {
+            url: url.to_string(),
+            timeout,
+            ca_file: None,
+        }
+    }
+}
+
+/// The connection arguments of an `amqp[s]://user:pass@host:port/vhost`
+/// URL (user, password and vhost percent-decoded; the vhost defaults to
+/// `/`).
+fn open_arguments(url: &str, ca_file: Option<&Path>) -> Result<OpenConnectionArguments, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-    let port = match parsed.scheme() {
-        "amqp" => parsed.port().unwrap_or(5672),
-        "amqps" => return Err("amqps:// is not supported by this build; use amqp://".into()),
-        other => return Err(format!("unsupported scheme \"{other}\" (amqp:// expected)")),
+    let (port, tls) = match parsed.scheme() {
+        "amqp" => (parsed.port().unwrap_or(5672), false),
+        "amqps" => (parsed.port().unwrap_or(5671), true),
+        other => {
+            return Err(format!(
+                "unsupported scheme \"{other}\" (amqp:// or amqps:// expected)"
+            ))
+        }
     };
     let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
     let decode = |s: &str| {
@@ -50,9 +79,13 @@ fn open_arguments(url: &str) -> Result<OpenConnectionArguments, String> {
         v => decode(v)?,
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(OpenConnectionArguments::new(host, port, &user, &password)
-        .virtual_host(&vhost)
-        .finish())
+    let mut args = OpenConnectionArguments::new(host, port, &user, &password);
+    args.virtual_host(&vhost);
+    if tls {
+        args.scheme("amqps")
+            .tls_adaptor(crate::tls::adaptor(host, ca_file)?);
+    }
+    Ok(args.finish())
 }
 
 fn percent_decode(s: &str) -> Option<String> {
@@ -72,14 +105,15 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Opens one AMQP connection, on the caller's tokio runtime, within
-/// `timeout`.
-pub async fn connect(url: &str, timeout: Duration) -> Result<Connection, BridgeError> {
+/// Opens one AMQP connection, on the caller's tokio runtime, within the
+/// settings' timeout.
+pub async fn connect(broker: &BrokerSettings) -> Result<Connection, BridgeError> {
     let err = |reason: String| BridgeError::Connect {
-        url: redact_url(url),
+        url: redact_url(&broker.url),
         reason,
     };
-    let args = open_arguments(url).map_err(err)?;
+    let args = open_arguments(&broker.url, broker.ca_file.as_deref()).map_err(err)?;
+    let timeout = broker.timeout;
     match tokio::time::timeout(timeout, Connection::open(&args)).await {
         Ok(Ok(c)) => Ok(c),
         Ok(Err(e)) => Err(err(e.to_string())),
@@ -101,16 +135,14 @@ struct Live {
 /// when the connection under it is lost (amqprs does not fail what is
 /// pending on a dead connection by itself).
 pub struct SharedConnection {
-    url: String,
-    timeout: Duration,
+    broker: BrokerSettings,
     live: Mutex<Option<Live>>,
 }
 
 impl SharedConnection {
-    pub fn new(url: &str, timeout: Duration) -> std::sync::Arc<SharedConnection> {
+    pub fn new(broker: BrokerSettings) -> std::sync::Arc<SharedConnection> {
         std::sync::Arc::new(SharedConnection {
-            url: url.to_string(),
-            timeout,
+            broker,
             live: Mutex::new(None),
         })
     }
@@ -124,7 +156,7 @@ impl SharedConnection {
             }
             tracing::warn!("the RabbitMQ connection was lost; reconnecting");
         }
-        let conn = connect(&self.url, self.timeout).await?;
+        let conn = connect(&self.broker).await?;
         let (tx, lost) = watch::channel(false);
         let watched = conn.clone();
         tokio::spawn(async move {
@@ -276,13 +308,18 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(redact_url("amqp://u:s3cret@h:5672/v"), "amqp://u:***@h:5672/v");
-        let a = open_arguments("amqp://u%40x:p%2Fw@broker:5673/my%2Fvhost").unwrap();
+        let a = open_arguments("amqp://u%40x:p%2Fw@broker:5673/my%2Fvhost", None).unwrap();
         assert_eq!(a.get_host(), "broker");
         assert_eq!(a.get_port(), 5673);
         assert_eq!(a.get_virtual_host(), "my/vhost");
-        let a = open_arguments("amqp://h").unwrap();
+        let a = open_arguments("amqp://h", None).unwrap();
         assert_eq!((a.get_port(), a.get_virtual_host()), (5672, "/"));
-        assert!(open_arguments("http://h").is_err_and(|e| e.contains("unsupported scheme")));
-        assert!(open_arguments("not a url").is_err());
+        assert!(open_arguments("http://h", None).is_err_and(|e| e.contains("unsupported scheme")));
+        assert!(open_arguments("not a url", None).is_err());
+        let a = open_arguments("amqps://u:p@broker/v", None).unwrap();
+        assert_eq!((a.get_port(), a.get_scheme()), (5671, Some("amqps")));
+        assert!(a.get_tls_adaptor().is_some(), "amqps:// is TLS, never plain text");
+        let missing = open_arguments("amqps://u:p@broker/v", Some(Path::new("/nonexistent/ca.pem")));
+        assert!(missing.is_err_and(|e| e.contains("/nonexistent/ca.pem")));
     }
 }

@@ -17,9 +17,10 @@
 pub mod connection;
 pub mod consumer;
 pub mod publisher;
+mod tls;
 pub mod topology;
 
-pub use connection::{connect, redact_url, SharedConnection};
+pub use connection::{connect, redact_url, BrokerSettings, SharedConnection};
 pub use consumer::{check_queue, Consumer, InMessage};
 pub use publisher::{PendingConfirm, Publisher, SharedPublisher};
 
