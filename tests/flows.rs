@@ -482,6 +482,10 @@ async fn cpu_affinity_pins_every_thread_and_bad_lists_are_refused() {
         .env("APP_CPU_AFFINITY", "zero")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "a bad setting is a configuration error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad setting is a configuration error"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("APP_CPU_AFFINITY: invalid CPU list 'zero'"));
 }
