@@ -95,6 +95,8 @@ pub struct Internal {
     /// How long a stopping process may take (SIGTERM or SIGINT): what is
     /// in flight is finished within it, then the process exits.
     pub app_shutdown_grace_seconds: f64,
+    /// How often the node database is polled for changes (seconds).
+    pub app_nodedata_poll_seconds: f64,
     /// A CA certificate file (PEM) trusted, on top of the system's roots,
     /// for an `amqps://` broker.
     pub app_broker_ca_file: Option<PathBuf>,
@@ -124,6 +126,7 @@ impl Default for Internal {
             app_max_connections_per_peer: 10,
             app_shutdown_grace_seconds: 15.0,
             app_broker_ca_file: None,
+            app_nodedata_poll_seconds: 5.0,
             app_stomp_heartbeat_send_ms: 5000,
             app_stomp_heartbeat_recv_ms: 30000,
             app_stomp_network_delay_ms: 10000,
@@ -156,6 +159,10 @@ impl Internal {
             "APP_RMQ_CONFIRMATION_TIMEOUT_SECONDS",
         )?;
         secs(internal.app_shutdown_grace_seconds, "APP_SHUTDOWN_GRACE_SECONDS")?;
+        if internal.app_nodedata_poll_seconds <= 0.0 {
+            anyhow::bail!("APP_NODEDATA_POLL_SECONDS must be more than 0");
+        }
+        secs(internal.app_nodedata_poll_seconds, "APP_NODEDATA_POLL_SECONDS")?;
         if internal.app_max_cached_peers == 0 {
             anyhow::bail!("APP_MAX_CACHED_PEERS must be at least 1");
         }
@@ -179,6 +186,10 @@ impl Internal {
     }
     pub fn rmq_confirmation_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.app_rmq_confirmation_timeout_seconds)
+    }
+    /// How often the node database is polled (`APP_NODEDATA_POLL_SECONDS`).
+    pub fn nodedata_poll(&self) -> Duration {
+        Duration::from_secs_f64(self.app_nodedata_poll_seconds)
     }
     /// How to reach the broker at `url`.
     pub fn broker(&self, url: &str) -> amqp_bridge::BrokerSettings {

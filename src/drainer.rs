@@ -24,7 +24,7 @@ use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, Publisher, SharedConnection};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use nodedata::{NodeData, NodeDatabase, PeerData};
+use nodedata::{NodeData, NodeDatabase, PeerData, Watcher};
 use std::time::{Duration, Instant};
 
 /// What the drainer needs to run.
@@ -48,9 +48,14 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
         .peer_data(&s.peer_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("peer {} is not in the node database", s.peer_id))?;
-    if !peer.is_deactivated() {
-        anyhow::bail!("peer {} has not been deactivated", s.peer_id);
-    }
+    let peer = if peer.is_deactivated() {
+        peer
+    } else {
+        match deactivated(db.root(), &s, &mut shutdown).await? {
+            Some(peer) => peer,
+            None => return Ok(()),
+        }
+    };
     let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
     let mut backoff = Backoff::new();
@@ -80,6 +85,30 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
     broker.close().await;
     tracing::info!("drainer stopped");
     result
+}
+
+/// Waits (saying so once) until the node database shows the peer
+/// deactivated; `None` on shutdown.
+async fn deactivated(
+    root: &std::path::Path,
+    s: &DrainerSettings,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<Option<std::sync::Arc<PeerData>>> {
+    let (mut nodedata, reload) =
+        Watcher::start(root.to_path_buf(), vec![], s.internal.nodedata_poll()).await?;
+    crate::shutdown::reload_on_sighup(reload);
+    tracing::warn!("peer {} has not been deactivated; waiting until it is", s.peer_id);
+    loop {
+        let peer = nodedata.borrow_and_update().peer(&s.peer_id);
+        if let Some(peer) = peer.filter(|p| p.is_deactivated()) {
+            tracing::info!("peer {} has been deactivated", s.peer_id);
+            return Ok(Some(peer));
+        }
+        tokio::select! {
+            changed = nodedata.changed() => if changed.is_err() { return Ok(None) },
+            _ = shutdown.requested() => return Ok(None),
+        }
+    }
 }
 
 /// A reply in flight: the delivery it answers, and its confirmation.

@@ -1,6 +1,6 @@
 //! The one owner of "stop now": SIGTERM or SIGINT turns a watch channel
 //! true, and every loop holds a [`Shutdown`] receiver of it (as in
-//! mini-redis's `shutdown.rs`).
+//! mini-redis's `shutdown.rs`); SIGHUP asks for a node-database reload.
 
 use tokio::sync::watch;
 
@@ -48,4 +48,21 @@ impl Shutdown {
     pub async fn requested(&mut self) {
         let _ = self.rx.wait_for(|stop| *stop).await;
     }
+}
+
+/// Asks the node database watcher to look at once on every SIGHUP.
+pub fn reload_on_sighup(reload: nodedata::ReloadHandle) {
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading the node database");
+            reload.reload_now();
+        }
+    });
 }

@@ -28,11 +28,10 @@
 //! server's serialNumber to equal the peer it dialled.
 //!
 //! rustls verifiers are synchronous, so the server keeps every known
-//! peer's root in memory ([`PeerRoots`]), loaded at start and refreshed in
-//! the background; a miss schedules a refresh, so a newly added peer gets
-//! in on its next attempt.
+//! peer's root in memory ([`PeerRoots`]), updated from the node database
+//! watcher's snapshots: a newly added peer gets in within a poll.
 
-use nodedata::{CertificateDer, NodeDatabase};
+use nodedata::CertificateDer;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -43,7 +42,6 @@ use rustls_pki_types::{PrivateKeyDer, ServerName, UnixTime};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
-use tokio::sync::Notify;
 use webpki::{EndEntityCert, KeyUsage};
 
 /// The organization every Swaptacular node certificate names.
@@ -166,10 +164,10 @@ fn webpki_err(e: webpki::Error) -> rustls::Error {
 }
 
 /// The roots of every known peer, kept in memory for the synchronous
-/// client-certificate verifier.
+/// client-certificate verifier, and updated from the node database's
+/// snapshots (see [`nodedata::Watcher`]).
 pub struct PeerRoots {
     roots: RwLock<HashMap<String, TrustAnchor<'static>>>,
-    refresh: Notify,
 }
 
 impl PeerRoots {
@@ -177,46 +175,22 @@ impl PeerRoots {
     pub fn new() -> Arc<PeerRoots> {
         Arc::new(PeerRoots {
             roots: RwLock::new(HashMap::new()),
-            refresh: Notify::new(),
         })
     }
 
-    /// Reloads every peer's root from the database; peers whose files are
-    /// broken are left out with a warning.
-    pub async fn reload(&self, db: &NodeDatabase) -> Result<usize, nodedata::DbError> {
+    /// Takes every peer's root from `snapshot`; a peer whose root is not a
+    /// usable trust anchor is left out with a warning.
+    pub fn update(&self, snapshot: &nodedata::Snapshot) {
         let mut fresh = HashMap::new();
-        for id in db.peer_ids().await? {
-            match db.peer_data(&id).await {
-                Ok(Some(peer)) => match anchor(&peer.root_cert) {
-                    Some(a) => {
-                        fresh.insert(id, a);
-                    }
-                    None => tracing::warn!(peer = %id, "peers/{id}/root-ca.crt: not a usable trust anchor"),
-                },
-                Ok(None) => {}
-                Err(e) => tracing::warn!(peer = %id, "skipping peer: {e}"),
-            }
-        }
-        let n = fresh.len();
-        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(n)
-    }
-
-    /// Keeps the store fresh: reloads every `every`, and at once when a
-    /// handshake named an unknown peer.
-    pub async fn keep_fresh(self: Arc<Self>, db: NodeDatabase, every: std::time::Duration) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = self.refresh.notified() => {
-                    // Coalesce bursts of unknown peers.
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        for (id, peer) in &snapshot.peers {
+            match anchor(&peer.root_cert) {
+                Some(a) => {
+                    fresh.insert(id.clone(), a);
                 }
-            }
-            if let Err(e) = self.reload(&db).await {
-                tracing::error!("reloading peer roots failed: {e}");
+                None => tracing::warn!(peer = %id, "peers/{id}/root-ca.crt: not a usable trust anchor"),
             }
         }
+        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = fresh;
     }
 
     fn get(&self, id: &str) -> Option<TrustAnchor<'static>> {
@@ -407,7 +381,6 @@ impl ClientCertVerifier for SwaptacularClientVerifier {
         let id = leaf_id(end_entity, Side::Client)?;
         let Some(anchor) = self.roots.get(&id) else {
             tracing::warn!(peer = %id, "client certificate refused: no such peer in the node database");
-            self.roots.refresh.notify_one();
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
             ));

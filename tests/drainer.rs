@@ -94,9 +94,7 @@ async fn drainer_and_configure_queue_refuse_what_they_must() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let vhost = Vhost::new("refuse");
-    let out = run("swpt-drainer", &["1234abcd", "q"], &net.ca_dir, &vhost.url);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("has not been deactivated"));
+    // (A peer not yet deactivated is waited for: tests/live_reload.rs.)
     let out = run("swpt-drainer", &["abcdef01", "q"], &net.ca_dir, &vhost.url);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not in the node database"));

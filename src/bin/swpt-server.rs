@@ -38,6 +38,7 @@ fn main() {
         )
         .await
         .map_err(config)?;
+        swpt_gateway::shutdown::reload_on_sighup(ctx.reload.clone());
         let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
         let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("{} {} listening on {addr}", ctx.node.node_type, ctx.node.node_id);

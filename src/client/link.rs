@@ -14,12 +14,14 @@ use crate::session::{until, Batch, Due, HeartBeats, Liveness, Timing};
 use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, SharedConnection};
 use futures::{FutureExt, SinkExt, StreamExt};
-use nodedata::{NodeData, PeerData};
+use nodedata::{NodeData, PeerData, Snapshot};
 use rand::Rng;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use stomp_codec::{CodecError, Frame, StompCodec, StompItem};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
@@ -33,6 +35,7 @@ pub(super) async fn run(
     peer: &PeerData,
     connector: &TlsConnector,
     broker: &SharedConnection,
+    nodedata: &mut watch::Receiver<Arc<Snapshot>>,
     shutdown: &mut Shutdown,
 ) -> LinkEnd {
     if shutdown.is_requested() {
@@ -43,7 +46,7 @@ pub(super) async fn run(
         Ok(started) => started,
         Err(end) => return end,
     };
-    link.run(Liveness::new(beats, &timing), shutdown).await
+    link.run(Liveness::new(beats, &timing), nodedata, shutdown).await
 }
 
 /// A link in progress.
@@ -58,6 +61,9 @@ struct Link<'a> {
     acks: Batch<u64>,
     /// When a DISCONNECT was sent: the deadline for its RECEIPT.
     disconnecting: Option<Instant>,
+    /// Whether the link is ending because the peer is no longer active
+    /// (otherwise, on shutdown).
+    inactive: bool,
 }
 
 impl<'a> Link<'a> {
@@ -88,20 +94,35 @@ impl<'a> Link<'a> {
             inflight: VecDeque::new(),
             acks: Batch::new(s.buffer),
             disconnecting: None,
+            inactive: false,
         };
         Ok((link, beats))
     }
 
     /// Runs the link until it ends, then closes it: what the server
     /// receipted is acked before the channel closes.
-    async fn run(mut self, mut liveness: Liveness, shutdown: &mut Shutdown) -> LinkEnd {
+    async fn run(
+        mut self,
+        mut liveness: Liveness,
+        nodedata: &mut watch::Receiver<Arc<Snapshot>>,
+        shutdown: &mut Shutdown,
+    ) -> LinkEnd {
         let end = loop {
             let room = self.inflight.len() < self.s.buffer && self.disconnecting.is_none();
             let step = tokio::select! {
-                _ = shutdown.requested(), if self.disconnecting.is_none() => self.on_shutdown().await,
+                _ = shutdown.requested(), if self.disconnecting.is_none() => self.disconnect(false).await,
+                Ok(()) = nodedata.changed(), if self.disconnecting.is_none() => {
+                    let active = nodedata.borrow_and_update().active_peer(&self.peer.node_id).is_some();
+                    if active {
+                        Ok(())
+                    } else {
+                        tracing::warn!("peer {} is no longer active; ending the link", self.peer.node_id);
+                        self.disconnect(true).await
+                    }
+                }
                 _ = until(self.disconnecting) => {
                     tracing::warn!("no RECEIPT for DISCONNECT in time; unconfirmed messages will be redelivered");
-                    Err(LinkEnd::Shutdown)
+                    Err(self.finished())
                 }
                 delivery = self.consumer.next(), if room => self.on_deliveries(delivery).await,
                 item = self.conn.next() => {
@@ -128,18 +149,28 @@ impl<'a> Link<'a> {
         end
     }
 
-    /// Shutdown: done when nothing is in flight; otherwise DISCONNECT and
-    /// wait for its RECEIPT.
-    async fn on_shutdown(&mut self) -> Result<(), LinkEnd> {
+    /// Ends the link (on shutdown, or for an `inactive` peer): done when
+    /// nothing is in flight; otherwise DISCONNECT and wait for its RECEIPT.
+    async fn disconnect(&mut self, inactive: bool) -> Result<(), LinkEnd> {
+        self.inactive = inactive;
         let Some(last) = self.inflight.back().copied() else {
-            return Err(LinkEnd::Shutdown);
+            return Err(self.finished());
         };
         if self.conn.send(disconnect_frame(last)).await.is_err() {
-            return Err(LinkEnd::Shutdown);
+            return Err(self.finished());
         }
         // The RECEIPT is waited for within the grace period of the stop.
         self.disconnecting = Some(Instant::now() + self.s.internal.drain_wait());
         Ok(())
+    }
+
+    /// How a link that disconnected ends.
+    fn finished(&self) -> LinkEnd {
+        if self.inactive {
+            LinkEnd::Inactive
+        } else {
+            LinkEnd::Shutdown
+        }
     }
 
     /// Sends `first` and every delivery that is ready already, in one write.
@@ -179,7 +210,7 @@ impl<'a> Link<'a> {
             Some(Ok(StompItem::Frame(f))) => {
                 self.on_frame(ServerFrame::from_frame(f))?;
                 if self.disconnecting.is_some() && self.inflight.is_empty() {
-                    return Err(LinkEnd::Shutdown);
+                    return Err(self.finished());
                 }
                 Ok(())
             }

@@ -23,11 +23,11 @@ use crate::config::Internal;
 use crate::shutdown::Shutdown;
 use crate::tls::client_config;
 use amqp_bridge::SharedConnection;
-use nodedata::{NodeDatabase, PeerData};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use nodedata::{NodeDatabase, PeerData, Snapshot, Watcher};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 /// What the client needs to run.
@@ -73,6 +73,8 @@ fn config_error(e: impl Into<anyhow::Error>) -> FatalError {
 enum LinkEnd {
     /// Shutdown requested and done.
     Shutdown,
+    /// The peer is no longer active: wait until it is again.
+    Inactive,
     /// Retry after a back-off.
     Retry(String),
     /// Give up.
@@ -81,21 +83,40 @@ enum LinkEnd {
 
 /// Runs the client until shutdown; reconnects after every failure.
 pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalError> {
-    let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(config_error)?;
-    let node = db.node_data().await.map_err(config_error)?;
-    let certs = crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
-    let key = crate::tls::load_key(&s.server_key).map_err(config_error)?;
+    let root = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache())
+        .map_err(config_error)?
+        .root()
+        .to_path_buf();
+    let (mut nodedata, reload) = Watcher::start(root, vec![], s.internal.nodedata_poll())
+        .await
+        .map_err(config_error)?;
+    crate::shutdown::reload_on_sighup(reload);
+    if nodedata.borrow().peer(&s.peer_id).is_none() {
+        return Err(FatalError::UnknownPeer(s.peer_id.clone()));
+    }
+    // Checked once, so that a bad file stops the client at start.
+    crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
+    crate::tls::load_key(&s.server_key).map_err(config_error)?;
     let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     let mut backoff = Backoff::new();
     let mut queue_checked = false;
     let result = loop {
-        // The peer is read afresh for every link: a changed manifest or
-        // certificate is picked up, and a deactivated peer ends the client.
-        let peer = match active_peer(&db, &s.peer_id).await {
-            Ok(peer) => peer,
-            Err(e) => break Err(e),
+        // The peer, the manifest and our certificate are taken afresh for
+        // every link; a peer that is not active is waited for.
+        let Some(peer) = active_peer(&mut nodedata, &s.peer_id, &mut shutdown).await else {
+            break Ok(());
         };
-        let connector = connector_for(&certs, &key, &peer)?;
+        let node = nodedata.borrow().node.clone();
+        let connector = match connector_for(&s, &peer) {
+            Ok(c) => c,
+            Err(e) => {
+                let what = format!("cannot set up TLS for peer {}: {e}", peer.node_id);
+                if !backoff.pause(Duration::ZERO, &what, &mut shutdown).await {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
         if !queue_checked {
             queue_checked = match queue_exists(&broker, &s.queue).await {
                 Ok(checked) => checked,
@@ -103,8 +124,19 @@ pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalE
             };
         }
         let started = Instant::now();
-        match link::run(&s, &node, &peer, &connector, &broker, &mut shutdown).await {
+        let link = link::run(
+            &s,
+            &node,
+            &peer,
+            &connector,
+            &broker,
+            &mut nodedata,
+            &mut shutdown,
+        )
+        .await;
+        match link {
             LinkEnd::Shutdown => break Ok(()),
+            LinkEnd::Inactive => continue,
             LinkEnd::Fatal(e) => break Err(e),
             LinkEnd::Retry(why) => {
                 let what = format!("link to peer {} ended: {why}", peer.node_id);
@@ -137,24 +169,39 @@ fn no_queue(e: amqp_bridge::BridgeError) -> FatalError {
     FatalError::Other(anyhow::anyhow!("{e} (run configure-queue first)"))
 }
 
-async fn active_peer(db: &NodeDatabase, peer_id: &str) -> Result<Arc<PeerData>, FatalError> {
-    db.peer_data(peer_id)
-        .await
-        .map_err(anyhow::Error::from)?
-        .filter(|p| p.is_active())
-        .ok_or_else(|| FatalError::UnknownPeer(peer_id.to_string()))
+/// The peer, once it is active (said once when it is not); `None` on
+/// shutdown.
+async fn active_peer(
+    nodedata: &mut watch::Receiver<Arc<Snapshot>>,
+    peer_id: &str,
+    shutdown: &mut Shutdown,
+) -> Option<Arc<PeerData>> {
+    let mut said = false;
+    loop {
+        if let Some(peer) = nodedata.borrow_and_update().active_peer(peer_id) {
+            if said {
+                tracing::info!("peer {peer_id} is active again");
+            }
+            return Some(peer);
+        }
+        if !said {
+            tracing::warn!("peer {peer_id} is not active in the node database; waiting until it is");
+            said = true;
+        }
+        tokio::select! {
+            changed = nodedata.changed() => changed.ok()?,
+            _ = shutdown.requested() => return None,
+        }
+    }
 }
 
-/// The TLS connector for `peer`: we present our leaf and the sub-CA the
+/// The TLS connector for `peer`: we present our leaf (read afresh, so a
+/// replaced certificate is used from the next link) and the sub-CA the
 /// peer issued for us; we trust the peer's root.
-fn connector_for(
-    own: &[CertificateDer<'static>],
-    key: &PrivateKeyDer<'static>,
-    peer: &PeerData,
-) -> Result<TlsConnector, FatalError> {
-    let mut certs = own[..1].to_vec();
-    certs.push(peer.sub_cert.clone());
-    let config =
-        client_config(certs, key.clone_key(), &peer.node_id, &peer.root_cert).map_err(anyhow::Error::from)?;
+fn connector_for(s: &ClientSettings, peer: &PeerData) -> anyhow::Result<TlsConnector> {
+    let own = crate::tls::load_certs(&s.server_cert)?;
+    let key = crate::tls::load_key(&s.server_key)?;
+    let certs = vec![own[0].clone(), peer.sub_cert.clone()];
+    let config = client_config(certs, key, &peer.node_id, &peer.root_cert)?;
     Ok(TlsConnector::from(Arc::new(config)))
 }

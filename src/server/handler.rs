@@ -41,13 +41,8 @@ pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: Soc
         Some(Ok(id)) => id,
         _ => return close_with_error(&mut conn, error_frame("Invalid certificate subject.")).await,
     };
-    let peer = match ctx.db.active_peer(&peer_id).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return close_with_error(&mut conn, error_frame("Unknown peer serial number.")).await,
-        Err(e) => {
-            tracing::error!("node database: {e}");
-            return close_with_error(&mut conn, error_frame("Internal server error.")).await;
-        }
+    let Some(peer) = ctx.nodedata.borrow().active_peer(&peer_id) else {
+        return close_with_error(&mut conn, error_frame("Unknown peer serial number.")).await;
     };
     let Some(_slot) = ctx.take_slot(&peer_id) else {
         return close_with_error(&mut conn, error_frame("Too many connections from one peer.")).await;
@@ -70,7 +65,7 @@ pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: Soc
 
 /// The TLS handshake; `None` (logged) when it fails or times out.
 async fn accept(ctx: &ServerContext, stream: TcpStream, addr: SocketAddr) -> Option<TlsStream<TcpStream>> {
-    match tokio::time::timeout(ctx.internal.handshake_timeout(), ctx.acceptor.accept(stream)).await {
+    match tokio::time::timeout(ctx.internal.handshake_timeout(), ctx.acceptor().accept(stream)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             // A port probe or a client that gave up: not worth a warning.

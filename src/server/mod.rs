@@ -27,20 +27,27 @@ use crate::session::Timing;
 use crate::shutdown::Shutdown;
 use crate::tls::{server_config, PeerRoots};
 use amqp_bridge::{SharedConnection, SharedPublisher};
-use nodedata::{NodeData, NodeDatabase};
+use nodedata::{NodeData, NodeDatabase, ReloadHandle, Snapshot, Watcher};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Everything the connections of one server share.
 pub struct ServerContext {
-    pub db: NodeDatabase,
+    /// The node database as the watcher last saw it.
+    pub nodedata: watch::Receiver<Arc<Snapshot>>,
+    /// Asks the watcher to look at once (SIGHUP).
+    pub reload: ReloadHandle,
+    /// Our own node (read at start: a change of it needs a restart).
     pub node: Arc<NodeData>,
-    pub acceptor: TlsAcceptor,
+    /// The TLS acceptor of new connections: rebuilt when the server's
+    /// certificate or key file changes.
+    acceptor: RwLock<TlsAcceptor>,
     pub broker: Arc<SharedConnection>,
     /// One confirming channel for every connection's publishes.
     pub publisher: SharedPublisher,
@@ -51,8 +58,9 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
-    /// Reads the node data, the certificates and every peer's root, and
-    /// prepares the TLS acceptor and the broker connection (opened lazily).
+    /// Reads the node database (and starts watching it), the certificate
+    /// and key and every peer's root, and prepares the TLS acceptor and the
+    /// broker connection (opened lazily).
     pub async fn new(
         nodedata_url: &str,
         broker_url: &str,
@@ -61,31 +69,42 @@ impl ServerContext {
         buffer: usize,
         internal: Internal,
     ) -> anyhow::Result<Arc<ServerContext>> {
-        let db = NodeDatabase::open(nodedata_url, internal.peers_cache())?;
-        let node = db.node_data().await?;
-        let certs = crate::tls::load_certs(cert)?;
-        let key = crate::tls::load_key(key)?;
+        let root = NodeDatabase::open(nodedata_url, internal.peers_cache())?
+            .root()
+            .to_path_buf();
+        let files = vec![cert.to_path_buf(), key.to_path_buf()];
+        let (nodedata, reload) = Watcher::start(root, files, internal.nodedata_poll()).await?;
+        let snapshot = nodedata.borrow().clone();
         let roots = PeerRoots::new();
-        let n = roots.reload(&db).await?;
-        tracing::info!("loaded the roots of {n} peers");
-        tokio::spawn(
-            roots
-                .clone()
-                .keep_fresh(db.clone(), internal.peers_check().min(Duration::from_secs(600))),
-        );
-        let config = server_config(certs, key, node.root_cert.clone(), roots)?;
+        roots.update(&snapshot);
+        tracing::info!("loaded the roots of {} peers", snapshot.peers.len());
+        let acceptor = acceptor(cert, key, &snapshot.node, &roots)?;
         let broker = SharedConnection::new(internal.broker(broker_url));
-        Ok(Arc::new(ServerContext {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+        let ctx = Arc::new(ServerContext {
+            acceptor: RwLock::new(acceptor),
             publisher: SharedPublisher::new(broker.clone(), internal.rmq_confirmation_timeout()),
             broker,
             timing: internal.timing(),
-            db,
-            node,
+            node: snapshot.node.clone(),
+            nodedata: nodedata.clone(),
+            reload,
             buffer: buffer.max(1),
             internal,
             per_peer: Mutex::new(HashMap::new()),
-        }))
+        });
+        tokio::spawn(follow(
+            ctx.clone(),
+            nodedata,
+            roots,
+            cert.to_path_buf(),
+            key.to_path_buf(),
+        ));
+        Ok(ctx)
+    }
+
+    /// The acceptor for a new connection.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.acceptor.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Takes one of `peer`'s connection slots (SPEC's
@@ -101,6 +120,45 @@ impl ServerContext {
             ctx: self.clone(),
             peer: peer.to_string(),
         })
+    }
+}
+
+/// The TLS acceptor for our certificate and key.
+fn acceptor(cert: &Path, key: &Path, node: &NodeData, roots: &Arc<PeerRoots>) -> anyhow::Result<TlsAcceptor> {
+    let certs = crate::tls::load_certs(cert)?;
+    let key = crate::tls::load_key(key)?;
+    let config = server_config(certs, key, node.root_cert.clone(), roots.clone())?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Follows the node database: new peer roots for the handshakes, and a
+/// new acceptor when the certificate or key file changed (open
+/// connections go on with the old one). The sessions follow it too, for
+/// their own peer.
+async fn follow(
+    ctx: Arc<ServerContext>,
+    mut nodedata: watch::Receiver<Arc<Snapshot>>,
+    roots: Arc<PeerRoots>,
+    cert: PathBuf,
+    key: PathBuf,
+) {
+    let mut files_generation = nodedata.borrow().files_generation;
+    while nodedata.changed().await.is_ok() {
+        let snapshot = nodedata.borrow_and_update().clone();
+        roots.update(&snapshot);
+        if snapshot.files_generation != files_generation {
+            files_generation = snapshot.files_generation;
+            // A half-written file fails here: the next change retries.
+            match acceptor(&cert, &key, &ctx.node, &roots) {
+                Ok(a) => {
+                    *ctx.acceptor.write().unwrap_or_else(|e| e.into_inner()) = a;
+                    tracing::info!("new connections use the new server certificate");
+                }
+                Err(e) => tracing::error!(
+                    "the server certificate or key cannot be used: {e:#}; keeping the old one"
+                ),
+            }
+        }
     }
 }
 

@@ -12,9 +12,11 @@
 //! cumulative RECEIPTs, a few at a time. What is confirmed before an
 //! ERROR is receipted before it.
 //!
-//! On shutdown the session drains: it stops reading, waits for the
-//! publishes in flight (within the grace period), receipts them, and only
-//! then ends, so the client resends nothing that was published.
+//! On shutdown, and when its peer stops being active in the node database
+//! (see [`nodedata::Watcher`]), the session drains: it stops reading,
+//! waits for the publishes in flight (within the grace period), receipts
+//! them, and only then ends with its ERROR, so the client resends nothing
+//! that was published.
 
 use super::handler::{codec_error_text, Conn};
 use super::ServerContext;
@@ -26,11 +28,12 @@ use crate::shutdown::Shutdown;
 use amqp_bridge::BridgeError;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, SinkExt, StreamExt};
-use nodedata::PeerData;
+use nodedata::{PeerData, Snapshot};
 use std::convert::Infallible;
 use std::sync::Arc;
 use stomp_codec::{CodecError, Frame, StompItem};
-use tokio::time::{Instant, Interval};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How a session ends: the connection closed or broke (nothing to send),
 /// or an ERROR to send before closing.
@@ -70,9 +73,17 @@ pub(super) struct Session<'a> {
     disconnect: Option<String>,
     /// An ERROR waiting for the earlier confirms.
     pending_error: Option<Frame>,
-    /// Shutting down: the deadline for the confirms in flight.
-    draining: Option<Instant>,
+    /// Ending (shutdown, or the peer no longer active): the deadline for
+    /// the confirms in flight, and the ERROR to end with.
+    draining: Option<(Instant, &'static str)>,
+    /// The node database, followed for our peer's state.
+    nodedata: watch::Receiver<Arc<Snapshot>>,
 }
+
+/// The ERROR a session ends with on shutdown.
+const CLOSED_BY_SERVER: &str = "The connection has been closed by the server.";
+/// The ERROR a session ends with when its peer stops being active.
+const DEACTIVATED: &str = "The peer has been deactivated.";
 
 impl<'a> Session<'a> {
     pub(super) fn new(ctx: &'a ServerContext, peer: Arc<PeerData>, shutdown: Shutdown) -> Self {
@@ -86,6 +97,7 @@ impl<'a> Session<'a> {
             disconnect: None,
             pending_error: None,
             draining: None,
+            nodedata: ctx.nodedata.clone(),
         }
     }
 
@@ -100,14 +112,15 @@ impl<'a> Session<'a> {
 
     async fn drive(&mut self, conn: &mut Conn) -> Result<Infallible, End> {
         let mut liveness = Liveness::new(self.connect(conn).await?, &self.ctx.timing);
-        let mut peer_check = self.peer_check_timer();
         loop {
             let reading = self.confirms.len() < self.ctx.buffer
                 && self.pending_error.is_none()
                 && self.draining.is_none();
             tokio::select! {
-                _ = self.shutdown.requested(), if self.draining.is_none() => self.on_shutdown(conn).await?,
-                _ = until(self.draining) => {
+                _ = self.shutdown.requested(), if self.draining.is_none() => {
+                    self.end_with(CLOSED_BY_SERVER, conn).await?
+                }
+                _ = until(self.draining.map(|(at, _)| at)) => {
                     tracing::warn!("{} publishes still unconfirmed at the end of the grace period", self.confirms.len());
                     return Err(self.stop(conn).await);
                 }
@@ -120,7 +133,7 @@ impl<'a> Session<'a> {
                     self.on_item(item, conn).await?
                 }
                 due = liveness.due() => on_due(due, conn).await?,
-                _ = peer_check.tick() => self.check_peer().await?,
+                Ok(()) = self.nodedata.changed(), if self.draining.is_none() => self.check_peer(conn).await?,
             }
         }
     }
@@ -152,17 +165,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// How often the peer is re-checked (`APP_PEERS_CHECK_SECONDS`), the
-    /// first time at a random moment within the period.
-    fn peer_check_timer(&self) -> Interval {
-        let every = self.ctx.internal.peers_check();
-        let first = every.mul_f64(rand::random::<f64>());
-        tokio::time::interval_at(tokio::time::Instant::now() + first, every)
-    }
-
-    /// Shutdown: stop reading; end once the publishes in flight are
-    /// confirmed (and receipted), or at the drain deadline.
-    async fn on_shutdown(&mut self, conn: &mut Conn) -> Result<(), End> {
+    /// Ends the session with the ERROR `message`: stop reading; end once
+    /// the publishes in flight are confirmed (and receipted), or at the
+    /// drain deadline.
+    async fn end_with(&mut self, message: &'static str, conn: &mut Conn) -> Result<(), End> {
+        self.draining = Some((Instant::now() + self.ctx.internal.drain_wait(), message));
         if self.confirms.is_empty() {
             return Err(self.stop(conn).await);
         }
@@ -170,17 +177,16 @@ impl<'a> Session<'a> {
             "stopping: waiting for {} publishes to be confirmed",
             self.confirms.len()
         );
-        self.draining = Some(Instant::now() + self.ctx.internal.drain_wait());
         Ok(())
     }
 
-    /// Ends the session for a shutdown: what is confirmed is receipted;
-    /// nothing else is.
+    /// Ends a draining session: what is confirmed is receipted; nothing
+    /// else is.
     async fn stop(&mut self, conn: &mut Conn) -> End {
         if let Err(end) = self.send_receipts(conn).await {
             return end;
         }
-        fail("The connection has been closed by the server.")
+        fail(self.draining.map_or(CLOSED_BY_SERVER, |(_, message)| message))
     }
 
     /// Confirmations arrived (`first`, and whatever is ready after it). A
@@ -332,16 +338,19 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Ends the session when the peer has been deactivated meanwhile.
-    async fn check_peer(&mut self) -> Result<(), End> {
-        match self.ctx.db.peer_data(&self.peer.node_id).await {
-            Ok(Some(p)) if !p.is_deactivated() => Ok(()),
-            Ok(_) => Err(fail("The peer has been deactivated.")),
-            Err(e) => {
-                tracing::warn!("re-checking the peer failed: {e}");
-                Ok(())
-            }
+    /// The node database changed: ends the session when our peer is no
+    /// longer active (deactivated, or its `ACTIVE` file gone).
+    async fn check_peer(&mut self, conn: &mut Conn) -> Result<(), End> {
+        let active = self
+            .nodedata
+            .borrow_and_update()
+            .active_peer(&self.peer.node_id)
+            .is_some();
+        if active {
+            return Ok(());
         }
+        tracing::warn!("the peer is no longer active; ending its connection");
+        self.end_with(DEACTIVATED, conn).await
     }
 }
 

@@ -72,6 +72,13 @@ impl Proc {
             .unwrap();
         assert!(status.success(), "{what}: {status:?}");
     }
+    /// Sends `signal` (SIGHUP, ...).
+    pub fn signal(&mut self, signal: libc::c_int) {
+        // SAFETY: kill(2) with the pid of our child and a valid signal.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, signal);
+        }
+    }
     pub fn sigkill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -124,9 +131,24 @@ pub fn spawn_logged(
     node_dir: &Path,
     broker: &str,
 ) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
+    spawn_logged_env(name, args, node_dir, broker, &[])
+}
+
+/// Like [`spawn_logged`], with more environment variables (and the log
+/// level at info).
+pub fn spawn_logged_env(
+    name: &str,
+    args: &[&str],
+    node_dir: &Path,
+    broker: &str,
+    extra_env: &[(&str, &str)],
+) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
     let mut cmd = Command::new(bin(name));
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
     node_env(&mut cmd, node_dir, broker);
+    if !extra_env.is_empty() {
+        cmd.env("APP_LOG_LEVEL", "info").envs(extra_env.iter().copied());
+    }
     let mut child = cmd.spawn().unwrap();
     let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let stdout = child.stdout.take().unwrap();

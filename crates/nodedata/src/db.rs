@@ -232,7 +232,7 @@ fn node_id_subnet(id: &str, rel: &str) -> Result<Subnet, DbError> {
     Subnet::parse(id).map_err(|e| file_err(rel, format!("node ID is not a subnet: {e}")))
 }
 
-fn read_node_data(root: &Path) -> Result<NodeData, DbError> {
+pub(crate) fn read_node_data(root: &Path) -> Result<NodeData, DbError> {
     let root_cert = read_cert(root, "root-ca.crt")?;
     let node_id = read_oneline(root, "db/nodeid")?;
     if !is_valid_node_id(&node_id) {
@@ -253,7 +253,11 @@ fn read_node_data(root: &Path) -> Result<NodeData, DbError> {
     })
 }
 
-fn read_peer_data(root: &Path, node: &NodeData, peer_id: &str) -> Result<Option<PeerData>, DbError> {
+pub(crate) fn read_peer_data(
+    root: &Path,
+    node: &NodeData,
+    peer_id: &str,
+) -> Result<Option<PeerData>, DbError> {
     let dir = format!("peers/{peer_id}");
     if !root.join(&dir).join("sub-ca.crt").is_file() {
         return Ok(None);

@@ -5,17 +5,20 @@
 //! ([`NodeData`]), who our peers are ([`PeerData`]), their subnets
 //! ([`Subnet`]) and STOMP servers manifests ([`StompManifest`]). The
 //! [`NodeDatabase`] handle reads it without blocking the async runtime and
-//! caches active peers. (The test-network generator lives in the
+//! caches active peers; the [`Watcher`] keeps a running process's view of it
+//! fresh ([`watch`]). (The test-network generator lives in the
 //! `swpt-testkit` crate, out of the production binaries.)
 
 mod db;
 mod manifest;
 mod subnet;
+pub mod watch;
 
 pub use db::{DbError, NodeDatabase, PeerCacheSettings, PeerState};
 pub use manifest::{parse_manifest, ServerAddr, StompManifest};
 pub use rustls_pki_types::CertificateDer;
 pub use subnet::{Subnet, SubnetError};
+pub use watch::{ReloadHandle, Snapshot, Watcher};
 
 use std::fmt;
 

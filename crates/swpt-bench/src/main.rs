@@ -15,6 +15,7 @@
 
 mod lapin_client;
 mod scale;
+mod watch;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -80,6 +81,16 @@ enum Cmd {
         /// Messages per second.
         #[arg(short = 'r', long, default_value_t = 50)]
         rate: u64,
+    },
+    /// The node-database watcher over a database of many peers: the first
+    /// load, a poll with nothing changed, a poll after every peer changed,
+    /// and how late a 1 ms ticker on the runtime gets meanwhile.
+    Watch {
+        #[arg(short = 'p', long, default_value_t = 5000)]
+        peers: usize,
+        /// Polls to average.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        polls: usize,
     },
     /// One swpt-server and many peers, each heart-beating and sending a
     /// message every few seconds.
@@ -964,5 +975,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             every,
         } => scale::run(&cli.broker_url, peers, seconds, every).await,
+        Cmd::Watch { peers, polls } => watch::run(peers, polls).await,
     }
 }

@@ -414,6 +414,8 @@ impl Default for DevnetOptions {
 /// What [`write_devnet`] wrote.
 #[derive(Clone, Debug)]
 pub struct Devnet {
+    /// The AA; `aa_dir/next/` holds a second server certificate and key
+    /// issued by its root (to test rotation).
     pub aa_dir: PathBuf,
     pub ca_dir: PathBuf,
     pub da_dir: PathBuf,
@@ -443,6 +445,11 @@ pub fn write_devnet(dir: &Path, opts: &DevnetOptions) -> Result<Devnet, GenError
         opts.aa_port,
         None,
     )?;
+    // A second server certificate of the AA's, for rotation tests.
+    let next_key = KeyPair::generate()?;
+    let next = aa.auth.issue_leaf(&next_key, &LeafOptions::default())?;
+    write_file(&aa.dir, "next/server.crt", next.pem())?;
+    write_key(&aa.dir, "next/server.key", next_key.serialize_pem())?;
     let ca = NodeFiles::create(
         dir.join("ca"),
         Authority::new(NodeType::CA, None)?,
