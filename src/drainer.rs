@@ -16,6 +16,8 @@
 //!
 //! Unlike the Python drainer, a message is acked only after its reply's
 //! publish is confirmed: a crash may duplicate a reply, never lose one.
+//! Started for a peer that is not yet deactivated, it waits (following
+//! the node database) until it is.
 
 use crate::backoff::Backoff;
 use crate::config::Internal;

@@ -83,20 +83,7 @@ enum LinkEnd {
 
 /// Runs the client until shutdown; reconnects after every failure.
 pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalError> {
-    let root = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache())
-        .map_err(config_error)?
-        .root()
-        .to_path_buf();
-    let (mut nodedata, reload) = Watcher::start(root, vec![], s.internal.nodedata_poll())
-        .await
-        .map_err(config_error)?;
-    crate::shutdown::reload_on_sighup(reload);
-    if nodedata.borrow().peer(&s.peer_id).is_none() {
-        return Err(FatalError::UnknownPeer(s.peer_id.clone()));
-    }
-    // Checked once, so that a bad file stops the client at start.
-    crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
-    crate::tls::load_key(&s.server_key).map_err(config_error)?;
+    let mut nodedata = start(&s).await?;
     let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     let mut backoff = Backoff::new();
     let mut queue_checked = false;
@@ -148,6 +135,24 @@ pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalE
     };
     broker.close().await;
     result
+}
+
+/// Starts following the node database (SIGHUP polls it at once), after
+/// checking what must be right at start: the peer is known, our
+/// certificate and key can be read.
+async fn start(s: &ClientSettings) -> Result<watch::Receiver<Arc<Snapshot>>, FatalError> {
+    let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(config_error)?;
+    let files = vec![];
+    let (nodedata, reload) = Watcher::start(db.root().to_path_buf(), files, s.internal.nodedata_poll())
+        .await
+        .map_err(config_error)?;
+    crate::shutdown::reload_on_sighup(reload);
+    if nodedata.borrow().peer(&s.peer_id).is_none() {
+        return Err(FatalError::UnknownPeer(s.peer_id.clone()));
+    }
+    crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
+    crate::tls::load_key(&s.server_key).map_err(config_error)?;
+    Ok(nodedata)
 }
 
 /// Whether the queue was found (`Ok(false)`: the broker did not answer,
