@@ -21,7 +21,7 @@ RUN for c in stomp-codec nodedata smp-json amqp-bridge swpt-bench testkit; do \
     && echo 'fn main() {}' > crates/swpt-bench/src/main.rs \
     && mkdir -p src/bin crates/testkit/src/bin \
     && echo '' > src/lib.rs \
-    && for b in swpt-server swpt-client swpt-drainer configure-queue swpt-broker-check; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
+    && for b in swpt-server swpt-client swpt-drainer configure-queue swpt-broker-check swpt-doctor; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
     && echo 'fn main() {}' > crates/testkit/src/bin/swpt-nodedata.rs \
     && cargo build --release --locked --workspace --exclude swpt-bench \
     && rm -rf src crates/*/src crates/*/benches
@@ -37,7 +37,8 @@ RUN apt-get update \
     && useradd --system --uid 1000 --home-dir /nonexistent --shell /usr/sbin/nologin swpt
 COPY --from=build /src/target/release/swpt-server /src/target/release/swpt-client \
      /src/target/release/swpt-drainer /src/target/release/configure-queue \
-     /src/target/release/swpt-nodedata /src/target/release/swpt-broker-check /usr/local/bin/
+     /src/target/release/swpt-nodedata /src/target/release/swpt-broker-check \
+     /src/target/release/swpt-doctor /usr/local/bin/
 COPY entrypoint.sh /usr/local/bin/entrypoint.sh
 USER 1000
 EXPOSE 1234

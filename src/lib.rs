@@ -3,7 +3,8 @@
 //! The data path, top down (each layer uses only the ones below it):
 //!
 //! - [`server`], [`client`], [`drainer`]: the pipelines that join a STOMP
-//!   session (or a queue) to RabbitMQ;
+//!   session (or a queue) to RabbitMQ; [`doctor`]: the read-only checks of
+//!   `swpt-doctor`;
 //! - [`session`]: what both STOMP sides share: typed frames, heart-beats
 //!   and the watchdog, batched confirmations;
 //! - [`publish`]: an SMP publication turned into an AMQP message;
@@ -27,6 +28,7 @@ pub mod affinity;
 pub mod backoff;
 pub mod client;
 pub mod config;
+pub mod doctor;
 pub mod drainer;
 pub mod exit;
 pub mod logging;

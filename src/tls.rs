@@ -250,7 +250,7 @@ impl std::fmt::Debug for PeerRoots {
 /// Checks the sub-CA a client presented: issued by our root, for the
 /// leaf's issuer, a CA, in its validity period, and with a name constraint
 /// that permits the leaf's subject.
-fn check_sub_ca(own_root: &[u8], sub: &[u8], leaf: &[u8]) -> Result<(), String> {
+pub fn check_sub_ca(own_root: &[u8], sub: &[u8], leaf: &[u8]) -> Result<(), String> {
     use x509_parser::extensions::{GeneralName, ParsedExtension};
     let parse = |der| x509_parser::parse_x509_certificate(der).map(|(_, c)| c);
     let root = parse(own_root).map_err(|_| "our root certificate cannot be parsed")?;

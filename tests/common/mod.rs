@@ -99,6 +99,7 @@ pub fn bin(name: &str) -> PathBuf {
         "swpt-client" => PathBuf::from(env!("CARGO_BIN_EXE_swpt-client")),
         "swpt-drainer" => PathBuf::from(env!("CARGO_BIN_EXE_swpt-drainer")),
         "configure-queue" => PathBuf::from(env!("CARGO_BIN_EXE_configure-queue")),
+        "swpt-doctor" => PathBuf::from(env!("CARGO_BIN_EXE_swpt-doctor")),
         "swpt-broker-check" => PathBuf::from(env!("CARGO_BIN_EXE_swpt-broker-check")),
         _ => panic!("no binary {name}"),
     }

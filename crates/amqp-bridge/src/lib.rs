@@ -23,6 +23,7 @@ pub mod topology;
 pub use connection::{connect, redact_url, BrokerSettings, SharedConnection};
 pub use consumer::{check_queue, Consumer, InMessage};
 pub use publisher::{PendingConfirm, Publisher, SharedPublisher};
+pub use topology::check_exchange;
 
 use amqprs::{BasicProperties, FieldTable, FieldValue};
 use std::time::Duration;
@@ -36,6 +37,8 @@ pub enum BridgeError {
     Amqp(String),
     #[error("the queue \"{0}\" does not exist")]
     NoQueue(String),
+    #[error("the exchange \"{0}\" does not exist")]
+    NoExchange(String),
     #[error("invalid AMQP name \"{0}\" (at most 255 bytes)")]
     Name(String),
     #[error("RabbitMQ returned the message as unroutable (exchange \"{exchange}\", routing key \"{routing_key}\")")]

@@ -168,3 +168,20 @@ async fn declare_on(ch: &Channel, t: &Topology) -> Result<(), TopologyError> {
         .map_err(BridgeError::from)?;
     Ok(())
 }
+
+/// Whether `exchange` exists: `Err(NoExchange)` when it does not (a
+/// passive declare: nothing is created).
+pub async fn check_exchange(conn: &SharedConnection, exchange: &str) -> Result<(), BridgeError> {
+    let opened = conn.channel().await?;
+    let mut args = ExchangeDeclareArguments::new(checked_name(exchange)?, "topic");
+    args.passive = true;
+    let found = match opened.channel.exchange_declare(args).await {
+        Ok(()) => Ok(()),
+        Err(e) => match opened.reason() {
+            Some((404, _)) => Err(BridgeError::NoExchange(exchange.to_string())),
+            _ => Err(opened.error(e)),
+        },
+    };
+    let _ = opened.channel.close().await;
+    found
+}
