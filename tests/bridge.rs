@@ -11,6 +11,8 @@ use common::*;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use lapin::types::{AMQPValue, ShortString};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WINDOW: usize = 100;
@@ -210,4 +212,89 @@ async fn broker_restart_fails_the_stream_and_the_connection_recovers() {
     }
     let mut publisher = again.expect("the shared connection recovers");
     assert_eq!(publish_many(&mut publisher, 100, "k").await.unwrap().len(), 100);
+}
+
+/// A TCP forwarder to the local broker that can be cut: a stand-in for one
+/// node of a cluster. Returns its port, how many connections it took, and
+/// the switch that cuts them (and refuses new ones).
+async fn broker_node() -> (u16, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (taken, cut) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let (count, stop) = (taken.clone(), cut.clone());
+    tokio::spawn(async move {
+        let mut open = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((mut client, _)) = accepted else { return };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    open.spawn(async move {
+                        if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                        }
+                    });
+                }
+                _ = stop.notified() => {
+                    open.abort_all();
+                    return;
+                }
+            }
+        }
+    });
+    (port, taken, cut)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_a_dead_first_one_and_failover_to_the_next() {
+    let vhost = Vhost::new("urls");
+    let (_c, ch) = channel(&vhost).await;
+    sink_queue(&ch, "ex", "sink").await;
+    let url = |port: u16| format!("amqp://guest:guest@127.0.0.1:{port}/{}", vhost.name);
+    // A dead URL in the list, in either place: the other one is used.
+    for urls in [
+        format!("{},{}", url(1), vhost.url),
+        format!("{}, {}", vhost.url, url(1)),
+    ] {
+        let shared = SharedConnection::new(BrokerSettings::new(&urls, Duration::from_secs(5)));
+        let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
+        shared.close().await;
+    }
+    // Two nodes: the one in use goes away; the next connection goes to
+    // the other.
+    let ((a, a_taken, a_cut), (b, b_taken, b_cut)) = (broker_node().await, broker_node().await);
+    let urls = format!("{},{}", url(a), url(b));
+    let shared = SharedConnection::new(BrokerSettings::new(&urls, Duration::from_secs(5)));
+    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
+    let (first, other_taken) = match (a_taken.load(Ordering::SeqCst), b_taken.load(Ordering::SeqCst)) {
+        (1, 0) => (a_cut, b_taken),
+        (0, 1) => (b_cut, a_taken),
+        other => panic!("one connection to one node expected: {other:?}"),
+    };
+    first.notify_one();
+    // The connection is gone: what was pending fails, nothing hangs.
+    let cut = tokio::time::timeout(Duration::from_secs(30), publish_many(&mut publisher, 1_000, "k")).await;
+    assert!(matches!(cut, Ok(Err(_))), "publishing through a cut node fails");
+    let mut again = None;
+    for _ in 0..50 {
+        match Publisher::new(&shared, Duration::from_secs(5)).await {
+            Ok(p) => {
+                again = Some(p);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let mut publisher = again.expect("the other node takes over");
+    assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
+    assert_eq!(
+        other_taken.load(Ordering::SeqCst),
+        1,
+        "reconnected through the other node"
+    );
 }

@@ -28,9 +28,10 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// How to reach the broker: its URL (`amqp://` or `amqps://`), how long
-/// connecting may take, and for `amqps://` a CA file (PEM) trusted on top
-/// of the system's roots.
+/// How to reach the broker: its URL (`amqp://` or `amqps://`; several,
+/// comma separated, for the nodes of a cluster), how long connecting may
+/// take, and for `amqps://` a CA file (PEM) trusted on top of the system's
+/// roots.
 #[derive(Clone, Debug)]
 pub struct BrokerSettings {
     pub url: String,
@@ -45,6 +46,15 @@ impl BrokerSettings {
             timeout,
             ca_file: None,
         }
+    }
+
+    /// The broker URLs (`url` may list several, comma separated).
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
     }
 }
 
@@ -105,14 +115,49 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Opens one AMQP connection, on the caller's tokio runtime, within the
+/// Opens one AMQP connection, on the caller's tokio runtime, to one of the
+/// broker's URLs: tried in turn from a random one, each within the
 /// settings' timeout.
 pub async fn connect(broker: &BrokerSettings) -> Result<Connection, BridgeError> {
+    let start = rand::random::<usize>();
+    connect_from(broker, start).await.map(|(conn, _)| conn)
+}
+
+/// Like [`connect`], trying the URLs from the `start`th (modulo their
+/// number); also returns which one answered.
+async fn connect_from(broker: &BrokerSettings, start: usize) -> Result<(Connection, usize), BridgeError> {
+    let urls = broker.urls();
+    if urls.is_empty() {
+        return Err(BridgeError::Connect {
+            url: String::new(),
+            reason: "no broker URL".into(),
+        });
+    }
+    let mut failures = Vec::new();
+    for i in 0..urls.len() {
+        let at = (start + i) % urls.len();
+        match connect_one(urls[at], broker).await {
+            Ok(conn) => return Ok((conn, at)),
+            Err(e) if urls.len() == 1 => return Err(e),
+            Err(e) => {
+                tracing::warn!("{e}; trying the next broker URL");
+                failures.push(e);
+            }
+        }
+    }
+    let reasons: Vec<String> = failures.iter().map(|e| e.to_string()).collect();
+    Err(BridgeError::Connect {
+        url: urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>().join(", "),
+        reason: format!("none answered ({})", reasons.join("; ")),
+    })
+}
+
+async fn connect_one(url: &str, broker: &BrokerSettings) -> Result<Connection, BridgeError> {
     let err = |reason: String| BridgeError::Connect {
-        url: redact_url(&broker.url),
+        url: redact_url(url),
         reason,
     };
-    let args = open_arguments(&broker.url, broker.ca_file.as_deref()).map_err(err)?;
+    let args = open_arguments(url, broker.ca_file.as_deref()).map_err(err)?;
     let timeout = broker.timeout;
     match tokio::time::timeout(timeout, Connection::open(&args)).await {
         Ok(Ok(c)) => Ok(c),
@@ -128,6 +173,8 @@ struct Live {
     lost: watch::Receiver<bool>,
     /// Why RabbitMQ closed the connection, if it did.
     closed: CloseReason,
+    /// Which of the broker's URLs it is connected to.
+    url_index: usize,
 }
 
 /// One long-lived connection shared by a process, re-opened when it has
@@ -147,16 +194,19 @@ impl SharedConnection {
         })
     }
 
-    /// The live connection, opened (again) if needed.
+    /// The live connection, opened (again) if needed: the first time to a
+    /// random one of the broker's URLs, after a loss to the next one.
     async fn live(&self) -> Result<Live, BridgeError> {
         let mut guard = self.live.lock().await;
-        if let Some(l) = guard.as_ref() {
-            if l.conn.is_open() && !*l.lost.borrow() {
-                return Ok(l.clone());
+        let start = match guard.as_ref() {
+            Some(l) if l.conn.is_open() && !*l.lost.borrow() => return Ok(l.clone()),
+            Some(l) => {
+                tracing::warn!("the RabbitMQ connection was lost; reconnecting");
+                l.url_index + 1
             }
-            tracing::warn!("the RabbitMQ connection was lost; reconnecting");
-        }
-        let conn = connect(&self.broker).await?;
+            None => rand::random::<usize>(),
+        };
+        let (conn, url_index) = connect_from(&self.broker, start).await?;
         let (tx, lost) = watch::channel(false);
         let watched = conn.clone();
         tokio::spawn(async move {
@@ -166,7 +216,12 @@ impl SharedConnection {
         });
         let closed = CloseReason::default();
         conn.register_callback(ConnectionWatch(closed.clone())).await?;
-        let live = Live { conn, lost, closed };
+        let live = Live {
+            conn,
+            lost,
+            closed,
+            url_index,
+        };
         *guard = Some(live.clone());
         Ok(live)
     }
@@ -319,6 +374,8 @@ mod tests {
         let a = open_arguments("amqps://u:p@broker/v", None).unwrap();
         assert_eq!((a.get_port(), a.get_scheme()), (5671, Some("amqps")));
         assert!(a.get_tls_adaptor().is_some(), "amqps:// is TLS, never plain text");
+        let several = BrokerSettings::new(" amqp://a/v , amqps://b/v,", Duration::from_secs(1));
+        assert_eq!(several.urls(), ["amqp://a/v", "amqps://b/v"]);
         let missing = open_arguments("amqps://u:p@broker/v", Some(Path::new("/nonexistent/ca.pem")));
         assert!(missing.is_err_and(|e| e.contains("/nonexistent/ca.pem")));
     }
