@@ -153,3 +153,62 @@ async fn configure_queue_says_when_the_random_exchange_plugin_is_missing() {
     // And with the plugin back, it works.
     configure_queue(&net.ca_dir, "1234abcd", "q", &vhost.url);
 }
+
+/// The types of the queues of `vhost` (rabbitmqctl), by name.
+fn queue_types(vhost: &Vhost) -> std::collections::HashMap<String, String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "-p",
+            &vhost.name,
+            "--no-table-headers",
+            "name",
+            "type",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, t)| (n.trim().to_string(), t.trim().to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configure_queue_declares_quorum_queues_and_refuses_a_type_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("quorum");
+    let args = ["1234abcd", "to_aa", "--queue-type", "quorum"];
+    for _ in 0..2 {
+        let out = run("configure-queue", &args, &net.ca_dir, &vhost.url);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let types = queue_types(&vhost);
+    assert_eq!(
+        types.get("to_aa").map(String::as_str),
+        Some("quorum"),
+        "{types:?}"
+    );
+    assert_eq!(
+        types.get("to_aa.XQ").map(String::as_str),
+        Some("quorum"),
+        "{types:?}"
+    );
+    // The default is classic, as before; on the quorum queue it is refused,
+    // clearly.
+    let out = run("configure-queue", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("exists with another type") && err.contains("--queue-type"),
+        "{err}"
+    );
+    let out = run("configure-queue", &["1234abcd", "other"], &net.ca_dir, &vhost.url);
+    assert!(out.status.success());
+    assert_eq!(
+        queue_types(&vhost).get("other").map(String::as_str),
+        Some("classic")
+    );
+}

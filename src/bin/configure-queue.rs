@@ -15,6 +15,10 @@ use swpt_gateway::exit::{config, run_main};
 struct Cli {
     #[command(flatten)]
     queue: PeerQueueArgs,
+    /// The type of QUEUE and QUEUE.XQ: classic, or quorum (replicated over
+    /// the nodes of a RabbitMQ cluster).
+    #[arg(long, default_value = "classic", value_parser = ["classic", "quorum"])]
+    queue_type: String,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -35,7 +39,8 @@ async fn run() -> anyhow::Result<()> {
     if peer.is_deactivated() {
         anyhow::bail!("peer {} has been deactivated", cli.queue.peer_node_id);
     }
-    let topology = topology_for(&node, &peer, &cli.queue.queue_name)?;
+    let mut topology = topology_for(&node, &peer, &cli.queue.queue_name)?;
+    topology.quorum = cli.queue_type == "quorum";
     let broker = SharedConnection::new(internal.broker(&cli.common.broker_url));
     let declared = declare(&broker, &topology).await;
     broker.close().await;

@@ -20,6 +20,9 @@ pub struct Topology {
     pub binding_key: String,
     pub queue: String,
     pub dead_letter_queue: String,
+    /// Quorum queues (replicated over a cluster's nodes) instead of
+    /// classic ones, for QUEUE and QUEUE.XQ alike.
+    pub quorum: bool,
 }
 
 /// Why the topology cannot be built.
@@ -34,6 +37,11 @@ pub enum TopologyError {
          (rabbitmq-plugins enable rabbitmq_random_exchange); {0}"
     )]
     NoRandomExchange(String),
+    #[error(
+        "the queue exists with another type (classic or quorum): {0}; keep its type (--queue-type), \
+         or delete the queue (and QUEUE.XQ) first"
+    )]
+    QueueType(String),
     #[error(transparent)]
     Broker(#[from] BridgeError),
 }
@@ -75,6 +83,7 @@ pub fn topology_for(node: &NodeData, peer: &PeerData, queue: &str) -> Result<Top
         binding_key,
         queue: queue.to_string(),
         dead_letter_queue: format!("{queue}.XQ"),
+        quorum: false,
     })
 }
 
@@ -125,6 +134,7 @@ pub async fn declare(conn: &SharedConnection, t: &Topology) -> Result<(), Topolo
             Some((_, reason)) if reason.contains("x-random") || reason.contains("invalid exchange type") => {
                 TopologyError::NoRandomExchange(reason)
             }
+            Some((406, reason)) if reason.contains("x-queue-type") => TopologyError::QueueType(reason),
             Some((_, reason)) => TopologyError::Broker(BridgeError::Amqp(reason)),
             None => TopologyError::Broker(BridgeError::Amqp(text)),
         },
@@ -157,8 +167,16 @@ async fn declare_on(ch: &Channel, t: &Topology) -> Result<(), TopologyError> {
     ))
     .await
     .map_err(BridgeError::from)?;
-    queue(ch, &t.dead_letter_queue, FieldTable::new()).await?;
-    let dead_letters = string_args(&[
+    // Classic queues are declared without `x-queue-type`, as they always
+    // were, so that existing ones stay equivalent.
+    let typed = |mut args: Vec<(&str, &str)>| {
+        if t.quorum {
+            args.push(("x-queue-type", "quorum"));
+        }
+        string_args(&args)
+    };
+    queue(ch, &t.dead_letter_queue, typed(vec![])?).await?;
+    let dead_letters = typed(vec![
         ("x-dead-letter-exchange", ""),
         ("x-dead-letter-routing-key", &t.dead_letter_queue),
     ])?;
