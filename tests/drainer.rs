@@ -121,17 +121,6 @@ fn prepared_transfer() -> Value {
         "final_interest_rate_ts": "2023-01-01T12:00:00+00:00", "ts": "2023-01-01T12:00:00+00:00"})
 }
 
-fn account_update() -> Value {
-    json!({"type": "AccountUpdate", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0x0000020000000001_i64,
-        "creation_date": "2020-01-01", "last_change_ts": "2023-01-01T12:00:00+00:00", "last_change_seqnum": 1,
-        "principal": 100, "interest": 1.5, "interest_rate": 2.0, "last_interest_rate_change_ts": "2023-01-01T12:00:00+00:00",
-        "last_config_ts": "2023-01-01T12:00:00+00:00", "last_config_seqnum": 1, "negligible_amount": 0.0,
-        "config_flags": 0, "config_data": "", "account_id": "acc", "debtor_info_iri": "", "debtor_info_content_type": "",
-        "debtor_info_sha256": "", "last_transfer_number": 3, "last_transfer_committed_at": "2023-01-01T12:00:00+00:00",
-        "demurrage_rate": -10.0, "commit_period": 100, "transfer_note_max_bytes": 500,
-        "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
-}
-
 /// The AA drains its deactivated CA peer: a FinalizeTransfer for the
 /// PreparedTransfer, a ConfigureAccount for each AccountUpdate.
 async fn aa_drains(aa_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
@@ -153,7 +142,7 @@ async fn aa_drains(aa_dir: &std::path::Path, gone: &str, vhost: &Vhost) {
             "",
             "to_gone",
             "AccountUpdate",
-            &serde_json::to_vec(&account_update()).unwrap(),
+            &serde_json::to_vec(&account_update(0x0000020000000001, 0x1234abcd00000001)).unwrap(),
         )
         .await;
     }

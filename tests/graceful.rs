@@ -237,19 +237,6 @@ async fn client_sigterm_mid_stream_loses_and_duplicates_nothing() {
     assert_eq!(message_count(&ch, "to_aa").await, 0, "every message was acked");
 }
 
-/// An AccountUpdate for the AA's deactivated CA peer, told apart by its
-/// creditor (in the peer's subnet 000002).
-fn account_update(i: i64) -> Value {
-    json!({"type": "AccountUpdate", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0x0000020000000000_i64 + i,
-        "creation_date": "2020-01-01", "last_change_ts": "2023-01-01T12:00:00+00:00", "last_change_seqnum": 1,
-        "principal": 100, "interest": 1.5, "interest_rate": 2.0, "last_interest_rate_change_ts": "2023-01-01T12:00:00+00:00",
-        "last_config_ts": "2023-01-01T12:00:00+00:00", "last_config_seqnum": 1, "negligible_amount": 0.0,
-        "config_flags": 0, "config_data": "", "account_id": "acc", "debtor_info_iri": "", "debtor_info_content_type": "",
-        "debtor_info_sha256": "", "last_transfer_number": 3, "last_transfer_committed_at": "2023-01-01T12:00:00+00:00",
-        "demurrage_rate": -10.0, "commit_period": 100, "transfer_note_max_bytes": 500,
-        "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
-}
-
 /// The creditor of a ConfigureAccount reply, less the subnet.
 fn reply_id(d: &lapin::message::Delivery) -> i64 {
     let v: Value = serde_json::from_slice(&d.data).unwrap();
@@ -266,7 +253,7 @@ async fn drainer_sigterm_mid_stream_publishes_no_reply_twice() {
     sink_queue(&ch, "accounts_in", "replies").await;
     declare_peer_queue(&ch, "to_gone").await;
     for i in 0..N {
-        let body = serde_json::to_vec(&account_update(i)).unwrap();
+        let body = serde_json::to_vec(&account_update(0x0000020000000000 + i, 0x1234abcd00000001)).unwrap();
         publish(&ch, "", "to_gone", "AccountUpdate", &body).await;
     }
     let gone = net.deactivated_ca_id.clone().unwrap();

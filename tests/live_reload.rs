@@ -287,7 +287,7 @@ async fn the_drainer_waits_for_the_deactivation() {
     let (_c, ch) = channel(&vhost).await;
     declare_peer_queue(&ch, "to_ca").await;
     sink_queue(&ch, "accounts_in", "replies").await;
-    let body = serde_json::to_vec(&account_update()).unwrap();
+    let body = serde_json::to_vec(&account_update(0x0000010000000001, 0x1234abcd00000001)).unwrap();
     publish(&ch, "", "to_ca", "AccountUpdate", &body).await;
     let (drainer, log) = spawn_logged_env(
         "swpt-drainer",
@@ -318,16 +318,4 @@ async fn the_drainer_waits_for_the_deactivation() {
     let reply: serde_json::Value = serde_json::from_slice(&reply[0].data).unwrap();
     assert_eq!(reply["type"], "ConfigureAccount");
     drainer.stop_cleanly("the drainer on SIGTERM").await;
-}
-
-/// An AccountUpdate for the AA's CA peer (creditor in its subnet 000001).
-fn account_update() -> serde_json::Value {
-    serde_json::json!({"type": "AccountUpdate", "debtor_id": 0x1234abcd00000001_i64, "creditor_id": 0x0000010000000001_i64,
-        "creation_date": "2020-01-01", "last_change_ts": "2023-01-01T12:00:00+00:00", "last_change_seqnum": 1,
-        "principal": 100, "interest": 1.5, "interest_rate": 2.0, "last_interest_rate_change_ts": "2023-01-01T12:00:00+00:00",
-        "last_config_ts": "2023-01-01T12:00:00+00:00", "last_config_seqnum": 1, "negligible_amount": 0.0,
-        "config_flags": 0, "config_data": "", "account_id": "acc", "debtor_info_iri": "", "debtor_info_content_type": "",
-        "debtor_info_sha256": "", "last_transfer_number": 3, "last_transfer_committed_at": "2023-01-01T12:00:00+00:00",
-        "demurrage_rate": -10.0, "commit_period": 100, "transfer_note_max_bytes": 500,
-        "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
 }

@@ -451,3 +451,15 @@ pub async fn declare_peer_queue(ch: &lapin::Channel, queue: &str) {
     );
     ch.queue_declare(queue, durable, args).await.unwrap();
 }
+
+/// An AccountUpdate (an AA's message) for `creditor` and `debtor`.
+pub fn account_update(creditor: i64, debtor: i64) -> Value {
+    serde_json::json!({"type": "AccountUpdate", "debtor_id": debtor, "creditor_id": creditor, "creation_date": "2020-01-01",
+        "last_change_ts": "2023-01-01T12:00:00+00:00", "last_change_seqnum": 1, "principal": 100, "interest": 1.5,
+        "interest_rate": 2.0, "last_interest_rate_change_ts": "2023-01-01T12:00:00+00:00",
+        "last_config_ts": "2023-01-01T12:00:00+00:00", "last_config_seqnum": 1, "negligible_amount": 0.0,
+        "config_flags": 0, "config_data": "", "account_id": "acc", "debtor_info_iri": "", "debtor_info_content_type": "",
+        "debtor_info_sha256": "", "last_transfer_number": 3, "last_transfer_committed_at": "2023-01-01T12:00:00+00:00",
+        "demurrage_rate": -10.0, "commit_period": 100, "transfer_note_max_bytes": 500,
+        "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
+}
