@@ -167,7 +167,8 @@ fn webpki_err(e: webpki::Error) -> rustls::Error {
 /// client-certificate verifier, and updated from the node database's
 /// snapshots (see [`nodedata::Watcher`]).
 pub struct PeerRoots {
-    roots: RwLock<HashMap<String, TrustAnchor<'static>>>,
+    /// Each peer's data (as last seen) and its root as a trust anchor.
+    roots: RwLock<HashMap<String, (Arc<nodedata::PeerData>, TrustAnchor<'static>)>>,
 }
 
 impl PeerRoots {
@@ -179,13 +180,21 @@ impl PeerRoots {
     }
 
     /// Takes every peer's root from `snapshot`; a peer whose root is not a
-    /// usable trust anchor is left out with a warning.
+    /// usable trust anchor is left out with a warning. Only the peers the
+    /// watcher read again are parsed again (the others are the same
+    /// `Arc`), so a change among thousands of peers costs little.
     pub fn update(&self, snapshot: &nodedata::Snapshot) {
-        let mut fresh = HashMap::new();
+        let old = self.roots.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut fresh = HashMap::with_capacity(snapshot.peers.len());
         for (id, peer) in &snapshot.peers {
-            match anchor(&peer.root_cert) {
+            let kept = old.get(id).filter(|(seen, _)| Arc::ptr_eq(seen, peer));
+            let anchor = match kept {
+                Some((_, a)) => Some(a.clone()),
+                None => anchor(&peer.root_cert),
+            };
+            match anchor {
                 Some(a) => {
-                    fresh.insert(id.clone(), a);
+                    fresh.insert(id.clone(), (peer.clone(), a));
                 }
                 None => tracing::warn!(peer = %id, "peers/{id}/root-ca.crt: not a usable trust anchor"),
             }
@@ -198,7 +207,7 @@ impl PeerRoots {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
-            .cloned()
+            .map(|(_, a)| a.clone())
     }
 }
 
