@@ -46,6 +46,18 @@ async fn publish_many(publisher: &mut Publisher, n: usize, key: &str) -> Result<
     Ok(confirmed)
 }
 
+/// A new publisher once the shared connection is back (within 10 s);
+/// panics with `why` otherwise.
+async fn publisher_again(shared: &SharedConnection, why: &str) -> Publisher {
+    for _ in 0..50 {
+        match Publisher::new(shared, Duration::from_secs(5)).await {
+            Ok(p) => return p,
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    panic!("{why}")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_confirmed_in_order_and_mandatory_returns() {
     let vhost = Vhost::new("publisher");
@@ -200,17 +212,7 @@ async fn broker_restart_fails_the_stream_and_the_connection_recovers() {
     assert!(result.is_err(), "the stream cut by the restart must fail");
     restart.await.unwrap();
     // The shared connection reconnects for the next publisher.
-    let mut again = None;
-    for _ in 0..50 {
-        match Publisher::new(&shared, Duration::from_secs(5)).await {
-            Ok(p) => {
-                again = Some(p);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let mut publisher = again.expect("the shared connection recovers");
+    let mut publisher = publisher_again(&shared, "the shared connection recovers").await;
     assert_eq!(publish_many(&mut publisher, 100, "k").await.unwrap().len(), 100);
 }
 
@@ -280,17 +282,7 @@ async fn several_urls_a_dead_first_one_and_failover_to_the_next() {
     // The connection is gone: what was pending fails, nothing hangs.
     let cut = tokio::time::timeout(Duration::from_secs(30), publish_many(&mut publisher, 1_000, "k")).await;
     assert!(matches!(cut, Ok(Err(_))), "publishing through a cut node fails");
-    let mut again = None;
-    for _ in 0..50 {
-        match Publisher::new(&shared, Duration::from_secs(5)).await {
-            Ok(p) => {
-                again = Some(p);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let mut publisher = again.expect("the other node takes over");
+    let mut publisher = publisher_again(&shared, "the other node takes over").await;
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
     assert_eq!(
         other_taken.load(Ordering::SeqCst),

@@ -108,6 +108,23 @@ async fn stop_mid_stream(
     took
 }
 
+/// After the restart: every message arrives; `last` (the client, or the
+/// drainer) stops cleanly; nothing arrived twice, and `source` is empty.
+async fn exactly_once_after_restart(
+    ch: &lapin::Channel,
+    source: &str,
+    received: &mut Collector,
+    counts: &mut HashMap<i64, u32>,
+    id_of: fn(&lapin::message::Delivery) -> i64,
+    last: Proc,
+) {
+    count_ids(received, counts, id_of, N, Duration::from_secs(180)).await;
+    last.stop_cleanly("the restarted process on SIGTERM").await;
+    count_rest(received, counts, id_of).await;
+    assert_exactly_once(counts);
+    assert_eq!(message_count(ch, source).await, 0, "every message was acked");
+}
+
 /// Large windows, so that many publishes are unconfirmed at any moment.
 type Log = std::sync::Arc<std::sync::Mutex<String>>;
 
@@ -183,18 +200,7 @@ async fn server_sigterm_mid_stream_loses_and_duplicates_nothing() {
         );
     }
     let _server = start_server(&net, &vhost, port).await.0;
-    count_ids(
-        &mut received,
-        &mut counts,
-        request_id,
-        N,
-        Duration::from_secs(180),
-    )
-    .await;
-    client.stop_cleanly("the client on SIGTERM").await;
-    count_rest(&mut received, &mut counts, request_id).await;
-    assert_exactly_once(&counts);
-    assert_eq!(message_count(&ch, "to_aa").await, 0, "every message was acked");
+    exactly_once_after_restart(&ch, "to_aa", &mut received, &mut counts, request_id, client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,25 +222,8 @@ async fn client_sigterm_mid_stream_loses_and_duplicates_nothing() {
         client,
     )
     .await;
-    let client = spawn(
-        "swpt-client",
-        &["1234abcd", "to_aa"],
-        &net.ca_dir,
-        &vhost.url,
-        &[],
-    );
-    count_ids(
-        &mut received,
-        &mut counts,
-        request_id,
-        N,
-        Duration::from_secs(180),
-    )
-    .await;
-    client.stop_cleanly("the client on SIGTERM").await;
-    count_rest(&mut received, &mut counts, request_id).await;
-    assert_exactly_once(&counts);
-    assert_eq!(message_count(&ch, "to_aa").await, 0, "every message was acked");
+    let client = start_client(&net, &vhost);
+    exactly_once_after_restart(&ch, "to_aa", &mut received, &mut counts, request_id, client).await;
 }
 
 /// The creditor of a ConfigureAccount reply, less the subnet.
@@ -271,11 +260,7 @@ async fn drainer_sigterm_mid_stream_publishes_no_reply_twice() {
     )
     .await;
     let drainer = spawn("swpt-drainer", &[&gone, "to_gone"], &net.aa_dir, &vhost.url, &[]);
-    count_ids(&mut received, &mut counts, reply_id, N, Duration::from_secs(180)).await;
-    drainer.stop_cleanly("the drainer on SIGTERM").await;
-    count_rest(&mut received, &mut counts, reply_id).await;
-    assert_exactly_once(&counts);
-    assert_eq!(message_count(&ch, "to_gone").await, 0, "every message was acked");
+    exactly_once_after_restart(&ch, "to_gone", &mut received, &mut counts, reply_id, drainer).await;
     assert_eq!(
         message_count(&ch, "to_gone.XQ").await,
         0,
