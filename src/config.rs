@@ -85,6 +85,9 @@ pub struct CertArgs {
 #[serde(default)]
 pub struct Internal {
     pub app_ssl_handshake_timeout: f64,
+    /// SPEC's peer cache and per-connection re-check settings: accepted
+    /// (and checked) for compatibility, superseded by the node-database
+    /// watcher (`app_nodedata_poll_seconds`).
     pub app_max_cached_peers: usize,
     pub app_peers_cache_seconds: f64,
     pub app_peers_check_seconds: f64,
@@ -171,15 +174,6 @@ impl Internal {
 
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.app_ssl_handshake_timeout)
-    }
-    pub fn peers_cache(&self) -> nodedata::PeerCacheSettings {
-        nodedata::PeerCacheSettings {
-            max_cached_peers: self.app_max_cached_peers,
-            cache_for: Duration::from_secs_f64(self.app_peers_cache_seconds),
-        }
-    }
-    pub fn peers_check(&self) -> Duration {
-        Duration::from_secs_f64(self.app_peers_check_seconds)
     }
     pub fn rmq_connection_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.app_rmq_connection_timeout_seconds)

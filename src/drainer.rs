@@ -44,7 +44,7 @@ pub struct DrainerSettings {
 /// broker failure ends one session: what it had not acked goes back to the
 /// queue, and a new session starts after a back-off.
 pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(crate::exit::config)?;
+    let db = NodeDatabase::open(&s.nodedata_url).map_err(crate::exit::config)?;
     let node = db.node_data().await.map_err(crate::exit::config)?;
     let peer = db
         .peer_data(&s.peer_id)

@@ -184,7 +184,8 @@ impl PeerRoots {
     /// watcher read again are parsed again (the others are the same
     /// `Arc`), so a change among thousands of peers costs little.
     pub fn update(&self, snapshot: &nodedata::Snapshot) {
-        let old = self.roots.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut roots = self.roots.write().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::take(&mut *roots);
         let mut fresh = HashMap::with_capacity(snapshot.peers.len());
         for (id, peer) in &snapshot.peers {
             let kept = old.get(id).filter(|(seen, _)| Arc::ptr_eq(seen, peer));
@@ -199,7 +200,7 @@ impl PeerRoots {
                 None => tracing::warn!(peer = %id, "peers/{id}/root-ca.crt: not a usable trust anchor"),
             }
         }
-        *self.roots.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        *roots = fresh;
     }
 
     fn get(&self, id: &str) -> Option<TrustAnchor<'static>> {

@@ -30,7 +30,7 @@ fn main() {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let internal = cli.common.start().map_err(config)?;
-    let db = NodeDatabase::open(&cli.common.nodedata_url, internal.peers_cache()).map_err(config)?;
+    let db = NodeDatabase::open(&cli.common.nodedata_url).map_err(config)?;
     let node = db.node_data().await.map_err(config)?;
     let peer = db
         .peer_data(&cli.queue.peer_node_id)

@@ -52,7 +52,7 @@ async fn run(cli: Cli) -> i32 {
             return swpt_gateway::exit::CONFIG_EXIT;
         }
     };
-    let db = match nodedata::NodeDatabase::open(&cli.common.nodedata_url, internal.peers_cache()) {
+    let db = match nodedata::NodeDatabase::open(&cli.common.nodedata_url) {
         Ok(db) => db,
         Err(e) => {
             eprintln!("Error: {e}");

@@ -141,7 +141,7 @@ pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalE
 /// checking what must be right at start: the peer is known, our
 /// certificate and key can be read.
 async fn start(s: &ClientSettings) -> Result<watch::Receiver<Arc<Snapshot>>, FatalError> {
-    let db = NodeDatabase::open(&s.nodedata_url, s.internal.peers_cache()).map_err(config_error)?;
+    let db = NodeDatabase::open(&s.nodedata_url).map_err(config_error)?;
     let files = vec![];
     let (nodedata, reload) = Watcher::start(db.root().to_path_buf(), files, s.internal.nodedata_poll())
         .await

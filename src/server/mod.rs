@@ -69,9 +69,7 @@ impl ServerContext {
         buffer: usize,
         internal: Internal,
     ) -> anyhow::Result<Arc<ServerContext>> {
-        let root = NodeDatabase::open(nodedata_url, internal.peers_cache())?
-            .root()
-            .to_path_buf();
+        let root = NodeDatabase::open(nodedata_url)?.root().to_path_buf();
         let files = vec![cert.to_path_buf(), key.to_path_buf()];
         let (nodedata, reload) = Watcher::start(root, files, internal.nodedata_poll()).await?;
         let snapshot = nodedata.borrow().clone();

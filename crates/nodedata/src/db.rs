@@ -1,12 +1,11 @@
-//! Reading the node database from a `file:///` directory, with the peer
-//! cache of SPEC section 2. Every file read runs on tokio's blocking pool.
+//! Reading the node database from a `file:///` directory. Every file read
+//! runs on tokio's blocking pool; what stays fresh while a program runs is
+//! the [`crate::Watcher`]'s job (it replaces SPEC's peer cache).
 
 use crate::{is_valid_node_id, parse_manifest, CertificateDer, NodeData, NodeType, PeerData, Subnet};
 use rustls_pki_types::pem::PemObject;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 /// An error in the node database; it names the file at fault.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,23 +29,6 @@ pub enum PeerState {
     Deactivated,
 }
 
-/// Limits of the active-peer cache (APP_MAX_CACHED_PEERS,
-/// APP_PEERS_CACHE_SECONDS).
-#[derive(Clone, Copy, Debug)]
-pub struct PeerCacheSettings {
-    pub max_cached_peers: usize,
-    pub cache_for: Duration,
-}
-
-impl Default for PeerCacheSettings {
-    fn default() -> Self {
-        PeerCacheSettings {
-            max_cached_peers: 5000,
-            cache_for: Duration::from_secs(600),
-        }
-    }
-}
-
 /// A handle to the node database. Cheap to clone.
 #[derive(Clone)]
 pub struct NodeDatabase {
@@ -55,31 +37,27 @@ pub struct NodeDatabase {
 
 struct Inner {
     root: PathBuf,
-    settings: PeerCacheSettings,
     node: tokio::sync::OnceCell<Arc<NodeData>>,
-    peers: Mutex<HashMap<String, (Instant, Arc<PeerData>)>>,
 }
 
 impl NodeDatabase {
     /// Opens the database at a `file:///absolute/dir` URL. Nothing is read
     /// yet.
-    pub fn open(url: &str, settings: PeerCacheSettings) -> Result<NodeDatabase, DbError> {
+    pub fn open(url: &str) -> Result<NodeDatabase, DbError> {
         let parsed = url::Url::parse(url).map_err(|_| DbError::Url(url.to_string()))?;
         if parsed.scheme() != "file" || !url.starts_with("file:///") {
             return Err(DbError::Url(url.to_string()));
         }
         let root = parsed.to_file_path().map_err(|_| DbError::Url(url.to_string()))?;
-        Ok(Self::open_dir(root, settings))
+        Ok(Self::open_dir(root))
     }
 
     /// Opens the database in this directory.
-    pub fn open_dir(root: impl Into<PathBuf>, settings: PeerCacheSettings) -> NodeDatabase {
+    pub fn open_dir(root: impl Into<PathBuf>) -> NodeDatabase {
         NodeDatabase {
             inner: Arc::new(Inner {
                 root: root.into(),
-                settings,
                 node: tokio::sync::OnceCell::new(),
-                peers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -115,41 +93,6 @@ impl NodeDatabase {
         tokio::task::spawn_blocking(move || read_peer_data(&root, &node, &peer_id).map(|p| p.map(Arc::new)))
             .await
             .map_err(|e| DbError::Task(e.to_string()))?
-    }
-
-    /// An active peer, from the cache when it is fresh. `Ok(None)` for an
-    /// unknown or not active peer.
-    pub async fn active_peer(&self, peer_id: &str) -> Result<Option<Arc<PeerData>>, DbError> {
-        {
-            let cache = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, peer)) = cache.get(peer_id) {
-                if at.elapsed() < self.inner.settings.cache_for {
-                    return Ok(Some(peer.clone()));
-                }
-            }
-        }
-        let peer = match self.peer_data(peer_id).await? {
-            Some(p) if p.is_active() => p,
-            _ => return Ok(None),
-        };
-        let mut cache = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let max = self.inner.settings.max_cached_peers.max(1);
-        if cache.len() >= max {
-            let ttl = self.inner.settings.cache_for;
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-            while cache.len() >= max {
-                let oldest = cache
-                    .iter()
-                    .min_by_key(|(_, (at, _))| *at)
-                    .map(|(k, _)| k.clone());
-                match oldest {
-                    Some(k) => cache.remove(&k),
-                    None => break,
-                };
-            }
-        }
-        cache.insert(peer_id.to_string(), (Instant::now(), peer.clone()));
-        Ok(Some(peer))
     }
 
     /// The IDs of every peer directory that holds a `sub-ca.crt`.

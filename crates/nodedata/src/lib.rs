@@ -4,8 +4,8 @@
 //! directory (`SWPT_NODEDATA_URL`, SPEC sections 2 and 4): who we are
 //! ([`NodeData`]), who our peers are ([`PeerData`]), their subnets
 //! ([`Subnet`]) and STOMP servers manifests ([`StompManifest`]). The
-//! [`NodeDatabase`] handle reads it without blocking the async runtime and
-//! caches active peers; the [`Watcher`] keeps a running process's view of it
+//! [`NodeDatabase`] handle reads it without blocking the async runtime;
+//! the [`Watcher`] keeps a running process's view of it
 //! fresh ([`watch`]). (The test-network generator lives in the
 //! `swpt-testkit` crate, out of the production binaries.)
 
@@ -14,7 +14,7 @@ mod manifest;
 mod subnet;
 pub mod watch;
 
-pub use db::{DbError, NodeDatabase, PeerCacheSettings, PeerState};
+pub use db::{DbError, NodeDatabase, PeerState};
 pub use manifest::{parse_manifest, ServerAddr, StompManifest};
 pub use rustls_pki_types::CertificateDer;
 pub use subnet::{Subnet, SubnetError};

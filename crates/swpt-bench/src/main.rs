@@ -646,14 +646,14 @@ async fn broker_limit(
 /// work on both paths. It matters: routing a 24-word sharding key through
 /// a topic exchange costs RabbitMQ far more than a short key does.
 async fn server_publication(net: &Devnet) -> anyhow::Result<smp_json::Publication> {
-    let db = nodedata::NodeDatabase::open_dir(&net.aa_dir, Default::default());
+    let db = nodedata::NodeDatabase::open_dir(&net.aa_dir);
     let node = db.node_data().await?;
     let peer = db
         .peer_data(&net.ca_id)
         .await?
         .context("the generated AA has no CA peer")?;
     // The body as the CA's client sends it.
-    let ca = nodedata::NodeDatabase::open_dir(&net.ca_dir, Default::default());
+    let ca = nodedata::NodeDatabase::open_dir(&net.ca_dir);
     let aa_peer = ca
         .peer_data(&net.aa_id)
         .await?

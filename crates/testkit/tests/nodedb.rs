@@ -1,14 +1,19 @@
 //! Reads the shared test network of the Python gateway and generated
 //! networks, and checks the generated certificates with OpenSSL.
 
-use nodedata::{NodeDatabase, NodeType, PeerCacheSettings, PeerState, ServerAddr, Subnet};
+use nodedata::{NodeDatabase, NodeType, PeerData, PeerState, ServerAddr, Subnet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use swpt_testkit::generate::{write_devnet, Authority, DevnetOptions, LeafOptions};
 use swpt_testkit::{copy_dir, shared_data};
 
+/// The peer, when it is active.
+async fn active(db: &NodeDatabase, id: &str) -> Result<Option<std::sync::Arc<PeerData>>, nodedata::DbError> {
+    Ok(db.peer_data(id).await?.filter(|p| p.is_active()))
+}
+
 fn db(dir: &Path) -> NodeDatabase {
-    NodeDatabase::open(&format!("file://{}", dir.display()), PeerCacheSettings::default()).unwrap()
+    NodeDatabase::open(&format!("file://{}", dir.display())).unwrap()
 }
 
 fn sub(s: &str) -> Subnet {
@@ -31,7 +36,7 @@ async fn reads_the_shared_aa_node() {
     assert_eq!(node.debtors_subnet, sub("1234abcd"));
     assert!(!node.root_cert.is_empty());
 
-    let ca = db.active_peer(CA_ID).await.unwrap().unwrap();
+    let ca = active(&db, CA_ID).await.unwrap().unwrap();
     assert_eq!(ca.node_type, NodeType::CA);
     assert_eq!(ca.state, PeerState::Active);
     assert_eq!(ca.creditors_subnet, sub("000001"));
@@ -49,14 +54,14 @@ async fn reads_the_shared_aa_node() {
     assert_eq!(m.login, None);
     assert_eq!(m.accepted_content_types, vec!["application/json".to_string()]);
 
-    let da = db.active_peer(DA_ID).await.unwrap().unwrap();
+    let da = active(&db, DA_ID).await.unwrap().unwrap();
     assert_eq!(da.node_type, NodeType::DA);
     assert_eq!(da.creditors_subnet, Subnet::ZERO);
     assert_eq!(da.debtors_subnet, sub("1234abcd00"));
     assert_eq!(da.servers_manifest.destination, "/exchange/debtors_in");
 
     let gone = "09cab36b6079e09c32a9dfd60446c469";
-    assert!(db.active_peer(gone).await.unwrap().is_none());
+    assert!(active(&db, gone).await.unwrap().is_none());
     let p = db.peer_data(gone).await.unwrap().unwrap();
     assert_eq!(p.state, PeerState::Deactivated);
     assert!(p.is_deactivated());
@@ -81,7 +86,7 @@ async fn reads_the_shared_ca_and_da_nodes() {
     assert_eq!(node.node_id, CA_ID);
     assert_eq!(node.creditors_subnet, sub("000008"));
     assert_eq!(node.debtors_subnet, Subnet::UNIVERSAL);
-    let aa = ca.active_peer("1234abcd").await.unwrap().unwrap();
+    let aa = active(&ca, "1234abcd").await.unwrap().unwrap();
     assert_eq!(aa.node_type, NodeType::AA);
     assert_eq!(aa.creditors_subnet, sub("000001"));
     assert_eq!(aa.debtors_subnet, sub("1234abcd"));
@@ -89,7 +94,7 @@ async fn reads_the_shared_ca_and_da_nodes() {
     assert_eq!(aa.servers_manifest.destination, "/exchange/accounts_in");
     let gone = ca.peer_data("deac00ed").await.unwrap().unwrap();
     assert_eq!(gone.state, PeerState::Deactivated);
-    assert!(ca.active_peer("deac00ed").await.unwrap().is_none());
+    assert!(active(&ca, "deac00ed").await.unwrap().is_none());
 
     let da = db(&data.join("DA"));
     let node = da.node_data().await.unwrap();
@@ -97,7 +102,7 @@ async fn reads_the_shared_ca_and_da_nodes() {
     assert_eq!(node.node_id, DA_ID);
     assert_eq!(node.creditors_subnet, Subnet::ZERO);
     assert_eq!(node.debtors_subnet, sub("1234abcd00"));
-    let aa = da.active_peer("1234abcd").await.unwrap().unwrap();
+    let aa = active(&da, "1234abcd").await.unwrap().unwrap();
     assert_eq!(aa.creditors_subnet, Subnet::ZERO);
     assert_eq!(aa.debtors_subnet, sub("1234abcd00"));
 }
@@ -131,11 +136,11 @@ async fn reads_a_generated_network() {
         (node.node_type, node.node_id.as_str()),
         (NodeType::AA, "1234abcd")
     );
-    let ca = aa.active_peer(&net.ca_id).await.unwrap().unwrap();
+    let ca = active(&aa, &net.ca_id).await.unwrap().unwrap();
     assert_eq!(ca.creditors_subnet, sub("000001"));
     assert_eq!(ca.debtors_subnet, sub("1234abcd"));
     assert_eq!(ca.servers_manifest.servers[0].port, 1235);
-    let da = aa.active_peer(&net.da_id).await.unwrap().unwrap();
+    let da = active(&aa, &net.da_id).await.unwrap().unwrap();
     assert_eq!(da.debtors_subnet, sub("1234abcd00"));
     let gone = aa
         .peer_data(net.deactivated_ca_id.as_deref().unwrap())
@@ -147,7 +152,7 @@ async fn reads_a_generated_network() {
     let ca_db = db(&net.ca_dir);
     let node = ca_db.node_data().await.unwrap();
     assert_eq!(node.creditors_subnet, sub("000008"));
-    let aa_peer = ca_db.active_peer("1234abcd").await.unwrap().unwrap();
+    let aa_peer = active(&ca_db, "1234abcd").await.unwrap().unwrap();
     assert_eq!(aa_peer.creditors_subnet, sub("000001"));
     assert_eq!(aa_peer.servers_manifest.servers[0].port, 1234);
     assert!(ca_db
@@ -159,7 +164,7 @@ async fn reads_a_generated_network() {
 
     let da_db = db(&net.da_dir);
     assert_eq!(da_db.node_data().await.unwrap().debtors_subnet, sub("1234abcd00"));
-    assert!(da_db.active_peer("1234abcd").await.unwrap().is_some());
+    assert!(active(&da_db, "1234abcd").await.unwrap().is_some());
 }
 
 fn openssl_verify(ca_file: &Path, untrusted: &Path, leaf: &Path) -> (bool, String) {
@@ -348,36 +353,6 @@ async fn bad_databases_give_errors_naming_the_file() {
     .await;
     assert_eq!(e, "root-ca.crt: no PEM certificate found");
 
-    let err = NodeDatabase::open("http://x/y", PeerCacheSettings::default())
-        .err()
-        .unwrap();
+    let err = NodeDatabase::open("http://x/y").err().unwrap();
     assert!(err.to_string().contains("only file:///absolute/dir"));
-}
-
-#[tokio::test]
-async fn active_peer_cache_keeps_a_peer_until_it_expires() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = write_devnet(
-        tmp.path(),
-        &DevnetOptions {
-            deactivated: false,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let settings = PeerCacheSettings {
-        max_cached_peers: 1,
-        cache_for: std::time::Duration::from_millis(300),
-    };
-    let db = NodeDatabase::open_dir(&net.aa_dir, settings);
-    assert!(db.active_peer(&net.ca_id).await.unwrap().is_some());
-    std::fs::write(net.aa_dir.join(format!("peers/{}/DEACTIVATED", net.ca_id)), "").unwrap();
-    // Cached: still active.
-    assert!(db.active_peer(&net.ca_id).await.unwrap().is_some());
-    // Fresh read sees the change at once.
-    assert!(db.peer_data(&net.ca_id).await.unwrap().unwrap().is_deactivated());
-    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
-    assert!(db.active_peer(&net.ca_id).await.unwrap().is_none());
-    // The cache holds at most one peer: the DA evicts nothing it needs.
-    assert!(db.active_peer(&net.da_id).await.unwrap().is_some());
 }
