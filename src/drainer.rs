@@ -21,12 +21,15 @@
 
 use crate::backoff::Backoff;
 use crate::config::Internal;
+use crate::http::{UpCount, UpGuard};
+use crate::metrics::InFlight;
 use crate::publish::out_message;
 use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, Publisher, SharedConnection};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use nodedata::{NodeData, NodeDatabase, PeerData, Watcher};
+use prometheus::IntCounter;
 use std::time::{Duration, Instant};
 
 /// What the drainer needs to run.
@@ -38,6 +41,8 @@ pub struct DrainerSettings {
     pub client_buffer: usize,
     pub server_buffer: usize,
     pub internal: Internal,
+    /// Up while consuming (for `/readyz`).
+    pub up: UpCount,
 }
 
 /// Runs until shutdown (an empty queue is waited on, not an end). A
@@ -58,6 +63,11 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
             None => return Ok(()),
         }
     };
+    if crate::metrics::get().is_some() {
+        let (nodedata, _) =
+            Watcher::start(db.root().to_path_buf(), vec![], s.internal.nodedata_poll()).await?;
+        crate::metrics::watch_certificates(nodedata, None);
+    }
     let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
     let mut backoff = Backoff::new();
@@ -126,6 +136,9 @@ struct Drain<'a> {
     /// is in here too, already done, so that acks keep that order).
     pending: FuturesOrdered<Pending>,
     window: usize,
+    /// Consumed and replied, when metrics are on.
+    counters: Option<(IntCounter, IntCounter)>,
+    _up: UpGuard,
 }
 
 impl<'a> Drain<'a> {
@@ -150,6 +163,8 @@ impl<'a> Drain<'a> {
             publisher,
             pending: FuturesOrdered::new(),
             window: s.server_buffer.max(1),
+            counters: crate::metrics::get().map(|m| m.drainer(&s.peer_id, &s.queue)),
+            _up: s.up.up(),
         })
     }
 
@@ -224,6 +239,9 @@ impl<'a> Drain<'a> {
     /// dead-lettered when it cannot be handled.
     async fn on_delivery(&mut self, m: InMessage) {
         let tag = m.delivery_tag;
+        if let Some((consumed, _)) = &self.counters {
+            consumed.inc();
+        }
         let msg = match smp_json::client_process(self.node, self.peer, &m.msg_type, &m.content_type, &m.body)
         {
             Ok(msg) => msg,
@@ -243,7 +261,15 @@ impl<'a> Drain<'a> {
                 }
             };
         let message = out_message(self.node.node_type.in_exchange(), &publication);
+        let in_flight = InFlight::start();
+        let replied = self.counters.as_ref().map(|(_, replied)| replied.clone());
         let confirm = self.publisher.publish(&message).await;
-        self.pending.push_back(Box::pin(confirm.map(move |r| (tag, r))));
+        self.pending.push_back(Box::pin(confirm.map(move |r| {
+            if r.is_ok() {
+                in_flight.confirmed();
+                replied.inspect(|c| c.inc());
+            }
+            (tag, r)
+        })));
     }
 }

@@ -4,6 +4,7 @@ use clap::Parser;
 use swpt_gateway::client::{self, ClientSettings};
 use swpt_gateway::config::{CertArgs, CommonArgs, PeerQueueArgs};
 use swpt_gateway::exit::{config, run_main};
+use swpt_gateway::http::{HttpArgs, UpCount};
 use swpt_gateway::shutdown::Shutdown;
 
 /// Consumes a RabbitMQ queue of messages for one peer and sends them to
@@ -20,12 +21,16 @@ struct Cli {
     client_buffer: usize,
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 fn main() {
     run_main(async {
         let cli = Cli::parse();
         let internal = cli.common.start().map_err(config)?;
+        let http = cli.http.bind().await.map_err(config)?;
+        let up = UpCount::default();
         let settings = ClientSettings {
             nodedata_url: cli.common.nodedata_url,
             broker_url: cli.common.broker_url,
@@ -35,8 +40,15 @@ fn main() {
             queue: cli.link.queue_name,
             buffer: cli.client_buffer.max(1),
             internal,
+            up: up.clone(),
         };
-        client::run(settings, Shutdown::on_signals())
+        let shutdown = Shutdown::on_signals();
+        let ready = move || match up.get() {
+            0 => Err("no link established".to_string()),
+            _ => Ok(()),
+        };
+        swpt_gateway::http::serve(http, std::sync::Arc::new(ready), shutdown.clone());
+        client::run(settings, shutdown)
             .await
             .map_err(client::FatalError::into_anyhow)
     })

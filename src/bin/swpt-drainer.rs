@@ -4,6 +4,7 @@ use clap::Parser;
 use swpt_gateway::config::{CommonArgs, PeerQueueArgs};
 use swpt_gateway::drainer::{self, DrainerSettings};
 use swpt_gateway::exit::{config, run_main};
+use swpt_gateway::http::{HttpArgs, UpCount};
 use swpt_gateway::shutdown::Shutdown;
 
 /// Consumes the queue of a deactivated peer, acks everything, and
@@ -22,12 +23,16 @@ struct Cli {
     server_buffer: usize,
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 fn main() {
     run_main(async {
         let cli = Cli::parse();
         let internal = cli.common.start().map_err(config)?;
+        let http = cli.http.bind().await.map_err(config)?;
+        let up = UpCount::default();
         let settings = DrainerSettings {
             nodedata_url: cli.common.nodedata_url,
             broker_url: cli.common.broker_url,
@@ -36,7 +41,14 @@ fn main() {
             client_buffer: cli.client_buffer,
             server_buffer: cli.server_buffer,
             internal,
+            up: up.clone(),
         };
-        drainer::run(settings, Shutdown::on_signals()).await
+        let shutdown = Shutdown::on_signals();
+        let ready = move || match up.get() {
+            0 => Err("not consuming".to_string()),
+            _ => Ok(()),
+        };
+        swpt_gateway::http::serve(http, std::sync::Arc::new(ready), shutdown.clone());
+        drainer::run(settings, shutdown).await
     })
 }

@@ -3,6 +3,7 @@
 use clap::Parser;
 use swpt_gateway::config::{CertArgs, CommonArgs};
 use swpt_gateway::exit::{config, run_main};
+use swpt_gateway::http::HttpArgs;
 use swpt_gateway::server::{bind, serve, ServerContext};
 use swpt_gateway::shutdown::Shutdown;
 
@@ -21,12 +22,15 @@ struct Cli {
     server_buffer: usize,
     #[command(flatten)]
     common: CommonArgs,
+    #[command(flatten)]
+    http: HttpArgs,
 }
 
 fn main() {
     run_main(async {
         let cli = Cli::parse();
         let internal = cli.common.start().map_err(config)?;
+        let http = cli.http.bind().await.map_err(config)?;
         let backlog = internal.app_stomp_server_backlog;
         let ctx = ServerContext::new(
             &cli.common.nodedata_url,
@@ -42,7 +46,17 @@ fn main() {
         let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
         let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("{} {} listening on {addr}", ctx.node.node_type, ctx.node.node_id);
-        serve(listener, ctx, Shutdown::on_signals()).await;
+        let shutdown = Shutdown::on_signals();
+        if http.is_some() {
+            ctx.broker.keep_open(std::time::Duration::from_secs(2));
+        }
+        let broker = ctx.broker.clone();
+        let ready = move || match broker.is_up() {
+            true => Ok(()),
+            false => Err("no connection to RabbitMQ".to_string()),
+        };
+        swpt_gateway::http::serve(http, std::sync::Arc::new(ready), shutdown.clone());
+        serve(listener, ctx, shutdown).await;
         Ok(())
     })
 }

@@ -9,6 +9,8 @@
 //! ```
 
 use super::{no_queue, ClientSettings, LinkEnd};
+use crate::http::UpGuard;
+use crate::metrics::{LinkCounters, Raised};
 use crate::session::frames::{disconnect_frame, send_frame, stomp_frame, ServerFrame};
 use crate::session::{until, Batch, Due, HeartBeats, Liveness, Timing};
 use crate::shutdown::Shutdown;
@@ -29,8 +31,10 @@ use tokio_util::codec::Framed;
 type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
 
 /// Makes one link and runs it to its end.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     s: &ClientSettings,
+    counters: Option<&LinkCounters>,
     node: &NodeData,
     peer: &PeerData,
     connector: &TlsConnector,
@@ -42,10 +46,12 @@ pub(super) async fn run(
         return LinkEnd::Shutdown;
     }
     let timing = s.internal.timing();
-    let (link, beats) = match Link::start(s, node, peer, connector, broker, &timing).await {
+    let (mut link, beats) = match Link::start(s, node, peer, connector, broker, &timing).await {
         Ok(started) => started,
         Err(end) => return end,
     };
+    link.counters = counters;
+    link._up.1 = Raised::new(counters.map(|c| c.up.clone()));
     link.run(Liveness::new(beats, &timing), nodedata, shutdown).await
 }
 
@@ -56,8 +62,13 @@ struct Link<'a> {
     peer: &'a PeerData,
     conn: Conn,
     consumer: Consumer,
-    /// Delivery tags sent and not yet receipted, in order.
-    inflight: VecDeque<u64>,
+    /// Delivery tags sent and not yet receipted, in order, with when
+    /// they were sent.
+    inflight: VecDeque<(u64, Instant)>,
+    /// The link's series, when metrics are on.
+    counters: Option<&'a LinkCounters>,
+    /// Up while the link lives: readiness, and `swpt_client_link_up`.
+    _up: (UpGuard, Raised),
     acks: Batch<u64>,
     /// When a DISCONNECT was sent: the deadline for its RECEIPT.
     disconnecting: Option<Instant>,
@@ -92,6 +103,8 @@ impl<'a> Link<'a> {
             conn,
             consumer,
             inflight: VecDeque::new(),
+            counters: None,
+            _up: (s.up.up(), Raised::new(None)),
             acks: Batch::new(s.buffer),
             disconnecting: None,
             inactive: false,
@@ -153,7 +166,7 @@ impl<'a> Link<'a> {
     /// nothing is in flight; otherwise DISCONNECT and wait for its RECEIPT.
     async fn disconnect(&mut self, inactive: bool) -> Result<(), LinkEnd> {
         self.inactive = inactive;
-        let Some(last) = self.inflight.back().copied() else {
+        let Some(&(last, _)) = self.inflight.back() else {
             return Err(self.finished());
         };
         if self.conn.send(disconnect_frame(last)).await.is_err() {
@@ -184,11 +197,14 @@ impl<'a> Link<'a> {
                     if let Err(e) = self.conn.feed(frame).await {
                         return Err(self.after_write_failure(format!("sending failed: {e}")).await);
                     }
-                    self.inflight.push_back(m.delivery_tag);
+                    self.inflight.push_back((m.delivery_tag, Instant::now()));
+                    if let Some(c) = self.counters {
+                        c.sent.inc();
+                    }
                 }
                 Err(e) => {
                     let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
-                    self.consumer.dead_letter(m.delivery_tag, &format!("{e}{detail}"));
+                    self.dead_letter(m.delivery_tag, &format!("{e}{detail}"));
                 }
             }
             if self.inflight.len() < self.s.buffer {
@@ -228,9 +244,8 @@ impl<'a> Link<'a> {
                 // would come back for that message on every link:
                 // dead-letter it, so the link goes on.
                 let refused = receipt_id.and_then(|r| r.parse::<u64>().ok());
-                if let Some(tag) = refused.filter(|t| self.inflight.contains(t)) {
-                    self.consumer
-                        .dead_letter(tag, &format!("the server refused the message: {message}"));
+                if let Some(tag) = refused.filter(|t| self.inflight.iter().any(|(i, _)| i == t)) {
+                    self.dead_letter(tag, &format!("the server refused the message: {message}"));
                 }
                 Err(LinkEnd::Retry(format!("Received server error \"{message}\".")))
             }
@@ -247,12 +262,17 @@ impl<'a> Link<'a> {
         let Some(tag) = id.and_then(|r| r.parse::<u64>().ok()) else {
             return Err(LinkEnd::Retry("RECEIPT command without a receipt ID.".into()));
         };
-        if !self.inflight.contains(&tag) {
+        if !self.inflight.iter().any(|(t, _)| *t == tag) {
             return Err(LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}")));
         }
         let mut count = 0;
-        while self.inflight.front().is_some_and(|t| *t <= tag) {
+        let now = Instant::now();
+        while let Some(&(_, sent)) = self.inflight.front().filter(|(t, _)| *t <= tag) {
             self.inflight.pop_front();
+            if let Some(c) = self.counters {
+                c.receipt_seconds.observe(now.duration_since(sent).as_secs_f64());
+                c.acked.inc();
+            }
             count += 1;
         }
         self.acks.add(tag, count);
@@ -260,6 +280,14 @@ impl<'a> Link<'a> {
             self.flush_acks();
         }
         Ok(())
+    }
+
+    /// Rejects a message to the dead-letter queue.
+    fn dead_letter(&mut self, tag: u64, why: &str) {
+        self.consumer.dead_letter(tag, why);
+        if let Some(c) = self.counters {
+            c.dead_lettered.inc();
+        }
     }
 
     /// Acks everything receipted so far.

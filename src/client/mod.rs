@@ -20,6 +20,7 @@ mod link;
 
 use crate::backoff::Backoff;
 use crate::config::Internal;
+use crate::http::UpCount;
 use crate::shutdown::Shutdown;
 use crate::tls::client_config;
 use amqp_bridge::SharedConnection;
@@ -40,6 +41,8 @@ pub struct ClientSettings {
     pub queue: String,
     pub buffer: usize,
     pub internal: Internal,
+    /// Counts the links up (for `/readyz`).
+    pub up: UpCount,
 }
 
 /// Why the client stops for good.
@@ -87,6 +90,7 @@ pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalE
     let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     let mut backoff = Backoff::new();
     let mut queue_checked = false;
+    let counters = crate::metrics::get().map(|m| m.link(&s.peer_id, &s.queue));
     let result = loop {
         // The peer, the manifest and our certificate are taken afresh for
         // every link; a peer that is not active is waited for.
@@ -113,6 +117,7 @@ pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalE
         let started = Instant::now();
         let link = link::run(
             &s,
+            counters.as_ref(),
             &node,
             &peer,
             &connector,
@@ -126,6 +131,9 @@ pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalE
             LinkEnd::Inactive => continue,
             LinkEnd::Fatal(e) => break Err(e),
             LinkEnd::Retry(why) => {
+                if let Some(c) = &counters {
+                    c.reconnects.inc();
+                }
                 let what = format!("link to peer {} ended: {why}", peer.node_id);
                 if !backoff.pause(started.elapsed(), &what, &mut shutdown).await {
                     break Ok(());
@@ -147,6 +155,7 @@ async fn start(s: &ClientSettings) -> Result<watch::Receiver<Arc<Snapshot>>, Fat
         .await
         .map_err(config_error)?;
     crate::shutdown::reload_on_sighup(reload);
+    crate::metrics::watch_certificates(nodedata.clone(), Some(s.server_cert.clone()));
     if nodedata.borrow().peer(&s.peer_id).is_none() {
         return Err(FatalError::UnknownPeer(s.peer_id.clone()));
     }

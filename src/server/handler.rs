@@ -5,6 +5,7 @@
 
 use super::session::{End, Session};
 use super::ServerContext;
+use crate::metrics;
 use crate::session::frames::error_frame;
 use crate::shutdown::Shutdown;
 use crate::tls::peer_node_id;
@@ -39,14 +40,20 @@ pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: Soc
     let mut conn = Framed::with_capacity(tls, StompCodec::default(), FRAMED_CAPACITY);
     let peer_id = match peer_cert.as_deref().map(peer_node_id) {
         Some(Ok(id)) => id,
-        _ => return close_with_error(&mut conn, error_frame("Invalid certificate subject.")).await,
+        _ => return refuse(&mut conn, "invalid_subject", "Invalid certificate subject.").await,
     };
     let Some(peer) = ctx.nodedata.borrow().active_peer(&peer_id) else {
-        return close_with_error(&mut conn, error_frame("Unknown peer serial number.")).await;
+        return refuse(&mut conn, "unknown_peer", "Unknown peer serial number.").await;
     };
     let Some(_slot) = ctx.take_slot(&peer_id) else {
-        return close_with_error(&mut conn, error_frame("Too many connections from one peer.")).await;
+        return refuse(
+            &mut conn,
+            "too_many_connections",
+            "Too many connections from one peer.",
+        )
+        .await;
     };
+    let _counted = metrics::server_connection(&peer_id);
     let span = tracing::info_span!("peer", peer = %peer_id, %addr);
     async {
         tracing::info!("peer connected");
@@ -70,17 +77,26 @@ async fn accept(ctx: &ServerContext, stream: TcpStream, addr: SocketAddr) -> Opt
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             // A port probe or a client that gave up: not worth a warning.
             tracing::debug!(%addr, "connection closed before the TLS handshake: {e}");
+            metrics::handshake_failed("closed");
             None
         }
         Ok(Err(e)) => {
             tracing::warn!(%addr, "TLS handshake failed: {e}");
+            metrics::handshake_failed(metrics::handshake_reason(&e));
             None
         }
         Err(_) => {
             tracing::warn!(%addr, "TLS handshake timed out");
+            metrics::handshake_failed("timeout");
             None
         }
     }
+}
+
+/// Refuses a connection after its handshake (counted by `reason`).
+async fn refuse(conn: &mut Conn, reason: &'static str, text: &str) {
+    metrics::connection_refused(reason);
+    close_with_error(conn, error_frame(text)).await
 }
 
 /// Sends an ERROR and closes.

@@ -72,6 +72,7 @@ impl ServerContext {
         let root = NodeDatabase::open(nodedata_url)?.root().to_path_buf();
         let files = vec![cert.to_path_buf(), key.to_path_buf()];
         let (nodedata, reload) = Watcher::start(root, files, internal.nodedata_poll()).await?;
+        crate::metrics::watch_certificates(nodedata.clone(), Some(cert.to_path_buf()));
         let snapshot = nodedata.borrow().clone();
         let roots = PeerRoots::new();
         roots.update(&snapshot);

@@ -20,6 +20,7 @@
 
 use super::handler::{codec_error_text, Conn};
 use super::ServerContext;
+use crate::metrics::{self, InFlight, PeerTypes, SendCount};
 use crate::publish::out_message;
 use crate::session::frames::{connected_frame, error_frame, receipt_frame, ClientFrame, Send};
 use crate::session::liveness::silence_text;
@@ -58,8 +59,9 @@ fn broker_failed(e: BridgeError) -> End {
     fail("Internal server error.")
 }
 
-/// A confirmed publish: the SEND's receipt ID, or why it failed.
-type Confirm = futures::future::BoxFuture<'static, Result<String, BridgeError>>;
+/// A confirmed publish: the SEND's receipt ID and message type (its
+/// label index), or why it failed.
+type Confirm = futures::future::BoxFuture<'static, Result<(String, usize), BridgeError>>;
 
 /// The server side of one STOMP session.
 pub(super) struct Session<'a> {
@@ -78,6 +80,8 @@ pub(super) struct Session<'a> {
     draining: Option<(Instant, &'static str)>,
     /// The node database, followed for our peer's state.
     nodedata: watch::Receiver<Arc<Snapshot>>,
+    /// The peer's SEND counters, when metrics are on.
+    counters: Option<PeerTypes>,
 }
 
 /// The ERROR a session ends with on shutdown.
@@ -90,7 +94,6 @@ impl<'a> Session<'a> {
         Session {
             destination: ctx.node.node_type.stomp_destination(),
             ctx,
-            peer,
             shutdown,
             confirms: FuturesOrdered::new(),
             receipts: Batch::new(ctx.buffer),
@@ -98,6 +101,14 @@ impl<'a> Session<'a> {
             pending_error: None,
             draining: None,
             nodedata: ctx.nodedata.clone(),
+            counters: metrics::get().map(|m| m.peer_types(&peer.node_id)),
+            peer,
+        }
+    }
+
+    fn count(&mut self, what: SendCount, msg_type: usize) {
+        if let Some(c) = &mut self.counters {
+            c.inc(what, msg_type);
         }
     }
 
@@ -191,11 +202,18 @@ impl<'a> Session<'a> {
 
     /// Confirmations arrived (`first`, and whatever is ready after it). A
     /// failed one ends the session, after the RECEIPT for those before it.
-    async fn on_confirmed(&mut self, first: Result<String, BridgeError>, conn: &mut Conn) -> Result<(), End> {
+    async fn on_confirmed(
+        &mut self,
+        first: Result<(String, usize), BridgeError>,
+        conn: &mut Conn,
+    ) -> Result<(), End> {
         let mut next = Some(first);
         while let Some(confirmed) = next.take() {
             match confirmed {
-                Ok(receipt) => self.receipts.add(receipt, 1),
+                Ok((receipt, msg_type)) => {
+                    self.count(SendCount::Published, msg_type);
+                    self.receipts.add(receipt, 1);
+                }
                 Err(e) => {
                     self.send_receipts(conn).await?;
                     return Err(broker_failed(e));
@@ -294,7 +312,10 @@ impl<'a> Session<'a> {
     /// SEND: checked, transformed and published; its receipt waits for the
     /// confirmation.
     async fn on_send(&mut self, send: Send) -> Result<(), End> {
+        let msg_type = PeerTypes::index(&send.msg_type);
+        self.count(SendCount::Received, msg_type);
         if send.destination != self.destination {
+            self.count(SendCount::Refused, msg_type);
             let text = format!("Invalid SEND destination \"{}\".", send.destination);
             return Err(send.error(&text).into());
         }
@@ -308,10 +329,14 @@ impl<'a> Session<'a> {
         );
         let publication = match processed {
             Ok(p) => p,
-            Err(e) => return self.refuse(&send, e),
+            Err(e) => {
+                self.count(SendCount::Refused, msg_type);
+                return self.refuse(&send, e);
+            }
         };
         let exchange = self.ctx.node.node_type.in_exchange();
         let message = out_message(exchange, &publication);
+        let in_flight = InFlight::start();
         let confirm = self
             .ctx
             .publisher
@@ -319,8 +344,12 @@ impl<'a> Session<'a> {
             .await
             .map_err(broker_failed)?;
         let receipt = send.receipt;
-        self.confirms
-            .push_back(Box::pin(confirm.map(move |r| r.map(|()| receipt))));
+        self.confirms.push_back(Box::pin(confirm.map(move |r| {
+            r.map(|()| {
+                in_flight.confirmed();
+                (receipt, msg_type)
+            })
+        })));
         Ok(())
     }
 

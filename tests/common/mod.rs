@@ -463,3 +463,68 @@ pub fn account_update(creditor: i64, debtor: i64) -> Value {
         "demurrage_rate": -10.0, "commit_period": 100, "transfer_note_max_bytes": 500,
         "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
 }
+
+/// `GET path` on 127.0.0.1:`port` (HTTP/1.1, one request per
+/// connection): the status and the body; status 0 when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return (0, String::new());
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, body.to_string())
+}
+
+/// Waits until `GET path` answers `status`; panics after `within` with
+/// the last answer.
+pub async fn wait_http(port: u16, path: &str, status: u16, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (got, body) = http_get(port, path).await;
+        if got == status {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "GET {path} on port {port}: {got} {body:?}, not {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the sample `series` (name and labels, exactly as
+/// exposed, e.g. `swpt_x_total{peer="a"}`) in a Prometheus text page.
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Waits until the sample `series` of the metrics on `port` is `want`.
+pub async fn wait_metric(port: u16, series: &str, want: f64, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (_, page) = http_get(port, "/metrics").await;
+        if metric(&page, series) == Some(want) {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {:?}, not {want}:\n{page}",
+            metric(&page, series)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

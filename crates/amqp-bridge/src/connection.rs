@@ -10,6 +10,7 @@ use amqprs::channel::Channel;
 use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{Ack, BasicProperties, Cancel, Close, CloseChannel, Nack, Return};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
@@ -177,6 +178,9 @@ struct Live {
     url_index: usize,
 }
 
+/// Numbers the connections opened (see `SharedConnection::up`).
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
 /// One long-lived connection shared by a process, re-opened when it has
 /// gone away; hands out channels, each with a receiver that turns true
 /// when the connection under it is lost (amqprs does not fail what is
@@ -184,6 +188,12 @@ struct Live {
 pub struct SharedConnection {
     broker: BrokerSettings,
     live: Mutex<Option<Live>>,
+    /// The number of the open connection (for readiness probes); 0 when
+    /// none is.
+    up: Arc<AtomicU64>,
+    /// Set by [`SharedConnection::close`]: [`SharedConnection::keep_open`]
+    /// stops.
+    closed: AtomicBool,
 }
 
 impl SharedConnection {
@@ -191,7 +201,43 @@ impl SharedConnection {
         std::sync::Arc::new(SharedConnection {
             broker,
             live: Mutex::new(None),
+            up: Arc::new(AtomicU64::new(0)),
+            closed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether a connection to the broker is open now (it is opened on
+    /// first use, or by [`SharedConnection::keep_open`]).
+    pub fn is_up(&self) -> bool {
+        if self.up.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        match self.live.try_lock() {
+            Ok(live) => live
+                .as_ref()
+                .is_some_and(|l| l.conn.is_open() && !*l.lost.borrow()),
+            // Someone is using it or reconnecting: the flag says.
+            Err(_) => true,
+        }
+    }
+
+    /// Keeps a connection open, re-opening it (every `pause` at most)
+    /// when it is lost, until [`SharedConnection::close`]; so that
+    /// [`SharedConnection::is_up`] tells whether the broker can be reached
+    /// before anything is published.
+    pub fn keep_open(self: &Arc<Self>, pause: Duration) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            while !this.closed.load(Ordering::Relaxed) {
+                match this.live().await {
+                    Ok(live) => lost(live.lost.clone()).await,
+                    Err(e) => {
+                        tracing::warn!("{e}");
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        });
     }
 
     /// The live connection, opened (again) if needed: the first time to a
@@ -209,9 +255,14 @@ impl SharedConnection {
         let (conn, url_index) = connect_from(&self.broker, start).await?;
         let (tx, lost) = watch::channel(false);
         let watched = conn.clone();
+        let up = self.up.clone();
+        let number = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
+        up.store(number, Ordering::Relaxed);
         tokio::spawn(async move {
             // Resolves when the connection ends, by a failure or a close.
             watched.listen_network_io_failure().await;
+            // Down, unless a newer connection is up already.
+            let _ = up.compare_exchange(number, 0, Ordering::Relaxed, Ordering::Relaxed);
             let _ = tx.send(true);
         });
         let closed = CloseReason::default();
@@ -244,6 +295,8 @@ impl SharedConnection {
 
     /// Closes the connection, if open.
     pub async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.up.store(0, Ordering::Relaxed);
         if let Some(l) = self.live.lock().await.take() {
             let _ = l.conn.close().await;
         }

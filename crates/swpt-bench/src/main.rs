@@ -73,6 +73,10 @@ enum Cmd {
         /// printed are the medians.
         #[arg(short = 'r', long, default_value_t = 3)]
         rounds: usize,
+        /// Run the gateway with its HTTP endpoint on (APP_HTTP_PORT) and
+        /// read its /metrics every second, to measure what counting costs.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Publish-to-arrival latency at a low steady rate.
     Latency {
@@ -395,13 +399,21 @@ struct Gateway {
     _dir: PathBuf,
     net: Devnet,
     server: Proc,
+    /// The HTTP ports of the server and the client, when metrics are on.
+    http: Option<[u16; 2]>,
 }
 
 const ARRIVED: &str = "bench.arrived";
 const CA_QUEUE: &str = "bench.to_aa";
 const CA_KEY: &str = "12.34.ab.cd.00.00.00.01";
 
-async fn gateway(broker: &str, ch: &Channel, dir: PathBuf, buffer: usize) -> anyhow::Result<Gateway> {
+async fn gateway(
+    broker: &str,
+    ch: &Channel,
+    dir: PathBuf,
+    buffer: usize,
+    metrics: bool,
+) -> anyhow::Result<Gateway> {
     let _ = std::fs::remove_dir_all(&dir);
     let port = free_port();
     let net = write_devnet(
@@ -423,32 +435,57 @@ async fn gateway(broker: &str, ch: &Channel, dir: PathBuf, buffer: usize) -> any
         bail!("configure-queue failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let _ = ch.queue_purge(CA_QUEUE, QueuePurgeOptions::default()).await;
-    let server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        broker,
-        &[
-            ("SWPT_SERVER_PORT", port.to_string()),
-            ("SWPT_SERVER_BUFFER", buffer.to_string()),
-        ],
-    )?;
+    let http = metrics.then(|| [free_port(), free_port()]);
+    let mut env = vec![
+        ("SWPT_SERVER_PORT", port.to_string()),
+        ("SWPT_SERVER_BUFFER", buffer.to_string()),
+    ];
+    if let Some([server_http, _]) = http {
+        env.push(("APP_HTTP_PORT", server_http.to_string()));
+    }
+    let server = spawn("swpt-server", &[], &net.aa_dir, broker, &env)?;
     wait_port(port).await;
+    if let Some(ports) = http {
+        tokio::spawn(scrape(ports));
+    }
     Ok(Gateway {
         _dir: dir,
         net,
         server,
+        http,
     })
 }
 
 fn start_client(g: &Gateway, broker: &str, buffer: usize) -> anyhow::Result<Proc> {
+    let mut env = vec![("SWPT_CLIENT_BUFFER", buffer.to_string())];
+    if let Some([_, client_http]) = g.http {
+        env.push(("APP_HTTP_PORT", client_http.to_string()));
+    }
     spawn(
         "swpt-client",
         &["1234abcd", CA_QUEUE],
         &g.net.ca_dir,
         broker,
-        &[("SWPT_CLIENT_BUFFER", buffer.to_string())],
+        &env,
     )
+}
+
+/// Reads `/metrics` of the server and the client every second, as a
+/// Prometheus with a 1 s scrape interval would (15-60 s is usual).
+async fn scrape(ports: [u16; 2]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        for port in ports {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let get = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+                if s.write_all(get).await.is_ok() {
+                    let mut page = Vec::new();
+                    let _ = s.read_to_end(&mut page).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The times of the first and the last of `n` arrivals.
@@ -504,7 +541,7 @@ async fn demo(broker: &str, count: u64, keep: bool) -> anyhow::Result<()> {
     let ch = conn.create_channel().await?;
     let dir = std::env::current_dir()?.join("demo-net");
     eprintln!("generating a test network in {}", dir.display());
-    let g = gateway(broker, &ch, dir, 100).await?;
+    let g = gateway(broker, &ch, dir, 100, false).await?;
     eprintln!(
         "AA {} serving; CA {} sending; publishing {count} PrepareTransfer messages",
         g.net.aa_id, g.net.ca_id
@@ -753,11 +790,17 @@ async fn gateway_round(
     })
 }
 
-async fn throughput(broker: &str, count: u64, buffer: usize, rounds: usize) -> anyhow::Result<()> {
+async fn throughput(
+    broker: &str,
+    count: u64,
+    buffer: usize,
+    rounds: usize,
+    metrics: bool,
+) -> anyhow::Result<()> {
     let conn = lapin_client::connect(broker).await?;
     let ch = conn.create_channel().await?;
     let dir = std::env::temp_dir().join(format!("swpt-bench-{}", std::process::id()));
-    let g = gateway(broker, &ch, dir.clone(), buffer).await?;
+    let g = gateway(broker, &ch, dir.clone(), buffer, metrics).await?;
     let like = server_publication(&g.net).await?;
     let broker_proc = broker_pid();
     let (mut limits, mut rates, mut ratios) = (vec![], vec![], vec![]);
@@ -916,7 +959,7 @@ async fn latency(broker: &str, count: u64, rate: u64) -> anyhow::Result<()> {
         .await;
 
     let dir = std::env::temp_dir().join(format!("swpt-bench-lat-{}", std::process::id()));
-    let g = gateway(broker, &ch, dir.clone(), 100).await?;
+    let g = gateway(broker, &ch, dir.clone(), 100, false).await?;
     let _client = start_client(&g, broker, 100)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let via = timed_run(&conn, "creditors_out", CA_KEY, ARRIVED, count, rate).await?;
@@ -968,7 +1011,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             count,
             buffer,
             rounds,
-        } => throughput(&cli.broker_url, count, buffer, rounds).await,
+            metrics,
+        } => throughput(&cli.broker_url, count, buffer, rounds, metrics).await,
         Cmd::Latency { count, rate } => latency(&cli.broker_url, count, rate).await,
         Cmd::Scale {
             peers,

@@ -1,0 +1,161 @@
+//! The HTTP listener of the probes and the metrics (off unless
+//! `--http-port` / `APP_HTTP_PORT` is given), on hyper:
+//!
+//! - `GET /healthz`: 200 while the process runs (liveness);
+//! - `GET /readyz`: 200 when the program can do its job, else 503 with
+//!   the reason (see [`Readiness`]); 503 once it is stopping;
+//! - `GET /metrics`: every metric of [`crate::metrics`], in the
+//!   Prometheus text format.
+//!
+//! It serves until the process exits, so that probes keep answering
+//! during a graceful stop.
+
+use crate::shutdown::Shutdown;
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Whether the program can do its job now: `Err` says why not.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// The HTTP listener's settings (server, client and drainer).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HttpArgs {
+    /// Serve /healthz, /readyz and /metrics over HTTP on this port (off
+    /// when not given).
+    #[arg(long, env = "APP_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// The address the HTTP listener binds to.
+    #[arg(long, env = "APP_HTTP_BIND", default_value = "0.0.0.0")]
+    pub http_bind: IpAddr,
+}
+
+impl HttpArgs {
+    /// Turns the metrics on and binds the listener, when a port is given
+    /// (call it before the work starts, so that everything is counted).
+    pub async fn bind(&self) -> anyhow::Result<Option<TcpListener>> {
+        let Some(port) = self.http_port else {
+            return Ok(None);
+        };
+        crate::metrics::enable();
+        let addr = SocketAddr::new(self.http_bind, port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (APP_HTTP_PORT, APP_HTTP_BIND): {e}"))?;
+        Ok(Some(listener))
+    }
+}
+
+/// A count of what is up (links established, a consumer consuming):
+/// ready while more than zero.
+#[derive(Clone, Default, Debug)]
+pub struct UpCount(Arc<AtomicUsize>);
+
+impl UpCount {
+    /// Counts one more up, until the guard is dropped.
+    pub fn up(&self) -> UpGuard {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        UpGuard(self.0.clone())
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One thing up, for as long as it lives.
+#[derive(Debug)]
+pub struct UpGuard(Arc<AtomicUsize>);
+
+impl Drop for UpGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves the endpoints on `listener` (if any) in the background.
+pub fn serve(listener: Option<TcpListener>, ready: Readiness, shutdown: Shutdown) {
+    let Some(listener) = listener else {
+        return;
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!("serving /healthz, /readyz and /metrics on http://{addr}");
+    }
+    tokio::spawn(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let (ready, shutdown) = (ready.clone(), shutdown.clone());
+            let service = service_fn(move |req| {
+                let response = respond(&req, &ready, &shutdown);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            tokio::spawn(async move {
+                let served = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = served.await {
+                    tracing::debug!("HTTP connection ended: {e}");
+                }
+            });
+        }
+    });
+}
+
+/// The answer to one request.
+fn respond(req: &Request<Incoming>, ready: &Readiness, shutdown: &Shutdown) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            let state = if shutdown.is_requested() {
+                Err("stopping".to_string())
+            } else {
+                ready()
+            };
+            match state {
+                Ok(()) => text(StatusCode::OK, "ready\n".into()),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            }
+        }
+        "/metrics" => match crate::metrics::get() {
+            Some(m) => {
+                let mut r = text(StatusCode::OK, m.render());
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            None => text(StatusCode::NOT_FOUND, "metrics are off\n".into()),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /healthz, /readyz or /metrics\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}

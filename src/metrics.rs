@@ -1,0 +1,464 @@
+//! What the gateway counts, for Prometheus (`GET /metrics`, see
+//! [`crate::http`]).
+//!
+//! One process-wide [`Metrics`], created only when the HTTP listener is
+//! on ([`enable`]); every count goes through [`get`], so a process
+//! without the listener counts nothing. Counting is atomics on handles
+//! looked up once per connection or link ([`PeerTypes`], [`LinkCounters`]),
+//! never a label lookup per message. Label values are bounded: peers
+//! (node IDs), queues, the ten SMP message types (anything else is
+//! `other`) and a few fixed reasons; never message IDs.
+//!
+//! Certificate expiry gauges are computed when scraped, from what
+//! [`watch_certificates`] last read (own certificate file, every peer's
+//! root and sub-CA certificate in the node database).
+
+use nodedata::Snapshot;
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use smp_json::MessageType;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// The metrics, when the HTTP listener is on.
+pub fn get() -> Option<&'static Metrics> {
+    METRICS.get()
+}
+
+/// Turns counting on (once; later calls return the same metrics).
+pub fn enable() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The buckets of the latency histograms (seconds): 0.5 ms to 20 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
+];
+
+/// The label value of a message type: one of the ten, or `other`.
+const TYPE_LABELS: usize = MessageType::ALL.len() + 1;
+
+fn type_index(msg_type: &str) -> usize {
+    MessageType::ALL
+        .iter()
+        .position(|t| t.as_str() == msg_type)
+        .unwrap_or(MessageType::ALL.len())
+}
+
+fn type_label(index: usize) -> &'static str {
+    MessageType::ALL.get(index).map_or("other", |t| t.as_str())
+}
+
+/// Every metric of the gateway.
+pub struct Metrics {
+    registry: Registry,
+    /// Open server connections, by peer.
+    pub server_connections: IntGaugeVec,
+    sends_received: IntCounterVec,
+    sends_published: IntCounterVec,
+    sends_refused: IntCounterVec,
+    /// TLS handshakes that failed, by reason (see [`handshake_reason`]).
+    pub handshake_failures: IntCounterVec,
+    /// Connections closed after the handshake, before a session, by reason.
+    pub connections_refused: IntCounterVec,
+    /// Publishes (server and drainer) waiting for RabbitMQ's confirmation.
+    pub confirms_pending: IntGauge,
+    confirm_seconds: Histogram,
+    link_up: IntGaugeVec,
+    link_sent: IntCounterVec,
+    link_acked: IntCounterVec,
+    link_dead_lettered: IntCounterVec,
+    link_reconnects: IntCounterVec,
+    receipt_seconds: HistogramVec,
+    drainer_consumed: IntCounterVec,
+    drainer_replied: IntCounterVec,
+    own_expiry: Gauge,
+    peer_expiry: GaugeVec,
+    not_after: Mutex<NotAfter>,
+}
+
+/// The expiry times (Unix seconds) the gauges are computed from.
+#[derive(Default)]
+struct NotAfter {
+    own: Option<i64>,
+    /// (peer, certificate kind, not after)
+    peers: Vec<(String, &'static str, i64)>,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let pt = &["peer", "type"];
+        let pq = &["peer", "queue"];
+        let m = Metrics {
+            registry: Registry::new(),
+            server_connections: IntGaugeVec::new(
+                Opts::new("swpt_server_connections", "Open server connections, by peer."),
+                &["peer"],
+            )
+            .expect("valid metric"),
+            sends_received: counter("swpt_server_sends_received_total", "SEND frames received.", pt),
+            sends_published: counter(
+                "swpt_server_sends_published_total",
+                "SEND frames published and confirmed by RabbitMQ.",
+                pt,
+            ),
+            sends_refused: counter(
+                "swpt_server_sends_refused_total",
+                "SEND frames refused with an ERROR.",
+                pt,
+            ),
+            handshake_failures: counter(
+                "swpt_tls_handshake_failures_total",
+                "Failed TLS handshakes of the server, by reason.",
+                &["reason"],
+            ),
+            connections_refused: counter(
+                "swpt_server_connections_refused_total",
+                "Connections refused after the TLS handshake, by reason.",
+                &["reason"],
+            ),
+            confirms_pending: IntGauge::new(
+                "swpt_confirms_pending",
+                "Publishes waiting for RabbitMQ's confirmation.",
+            )
+            .expect("valid metric"),
+            confirm_seconds: Histogram::with_opts(histogram(
+                "swpt_publish_confirm_seconds",
+                "From publish to RabbitMQ's confirmation.",
+            ))
+            .expect("valid metric"),
+            link_up: IntGaugeVec::new(
+                Opts::new("swpt_client_link_up", "1 while the link is established, else 0."),
+                pq,
+            )
+            .expect("valid metric"),
+            link_sent: counter("swpt_client_sent_total", "Messages sent (SEND).", pq),
+            link_acked: counter("swpt_client_acked_total", "Messages receipted and acked.", pq),
+            link_dead_lettered: counter(
+                "swpt_client_dead_lettered_total",
+                "Messages rejected to the dead-letter queue.",
+                pq,
+            ),
+            link_reconnects: counter(
+                "swpt_client_reconnects_total",
+                "Links that ended and are retried.",
+                pq,
+            ),
+            receipt_seconds: HistogramVec::new(
+                histogram("swpt_client_receipt_seconds", "From SEND to its RECEIPT."),
+                pq,
+            )
+            .expect("valid metric"),
+            drainer_consumed: counter("swpt_drainer_consumed_total", "Messages consumed.", pq),
+            drainer_replied: counter(
+                "swpt_drainer_replied_total",
+                "Replies published and confirmed.",
+                pq,
+            ),
+            own_expiry: Gauge::new(
+                "swpt_own_certificate_expiry_seconds",
+                "Seconds until our server certificate expires.",
+            )
+            .expect("valid metric"),
+            peer_expiry: GaugeVec::new(
+                Opts::new(
+                    "swpt_peer_certificate_expiry_seconds",
+                    "Seconds until a peer's certificate expires (root, or the sub-CA it issued for us).",
+                ),
+                &["peer", "certificate"],
+            )
+            .expect("valid metric"),
+            not_after: Mutex::new(NotAfter::default()),
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let all: [Box<dyn Collector>; 18] = [
+            Box::new(self.server_connections.clone()),
+            Box::new(self.sends_received.clone()),
+            Box::new(self.sends_published.clone()),
+            Box::new(self.sends_refused.clone()),
+            Box::new(self.handshake_failures.clone()),
+            Box::new(self.connections_refused.clone()),
+            Box::new(self.confirms_pending.clone()),
+            Box::new(self.confirm_seconds.clone()),
+            Box::new(self.link_up.clone()),
+            Box::new(self.link_sent.clone()),
+            Box::new(self.link_acked.clone()),
+            Box::new(self.link_dead_lettered.clone()),
+            Box::new(self.link_reconnects.clone()),
+            Box::new(self.receipt_seconds.clone()),
+            Box::new(self.drainer_consumed.clone()),
+            Box::new(self.drainer_replied.clone()),
+            Box::new(self.own_expiry.clone()),
+            Box::new(self.peer_expiry.clone()),
+        ];
+        for c in all {
+            self.registry.register(c).expect("metric names are unique");
+        }
+        // The standard process metrics, under their usual names
+        // (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+        // `process_open_fds`...), which generic dashboards expect.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        self.registry
+            .register(Box::new(process))
+            .expect("metric names are unique");
+    }
+
+    /// The Prometheus text exposition of every metric, the expiry gauges
+    /// computed now.
+    pub fn render(&self) -> String {
+        self.update_expiry(unix_now());
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("cannot encode the metrics: {e}");
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn update_expiry(&self, now: i64) {
+        let not_after = self.not_after.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(own) = not_after.own {
+            self.own_expiry.set((own - now) as f64);
+        }
+        self.peer_expiry.reset();
+        for (peer, kind, at) in &not_after.peers {
+            self.peer_expiry
+                .with_label_values(&[peer.as_str(), kind])
+                .set((at - now) as f64);
+        }
+    }
+
+    /// The per-type SEND counters of one server connection.
+    pub fn peer_types(&'static self, peer: &str) -> PeerTypes {
+        PeerTypes {
+            m: self,
+            peer: peer.to_string(),
+            received: Default::default(),
+            published: Default::default(),
+            refused: Default::default(),
+        }
+    }
+
+    /// The counters of one client link (or drainer) of `peer` and `queue`.
+    pub fn link(&'static self, peer: &str, queue: &str) -> LinkCounters {
+        let l = &[peer, queue];
+        LinkCounters {
+            up: self.link_up.with_label_values(l),
+            sent: self.link_sent.with_label_values(l),
+            acked: self.link_acked.with_label_values(l),
+            dead_lettered: self.link_dead_lettered.with_label_values(l),
+            reconnects: self.link_reconnects.with_label_values(l),
+            receipt_seconds: self.receipt_seconds.with_label_values(l),
+        }
+    }
+
+    /// The drainer's counters for `peer` and `queue`: consumed, replied.
+    pub fn drainer(&'static self, peer: &str, queue: &str) -> (IntCounter, IntCounter) {
+        let l = &[peer, queue];
+        (
+            self.drainer_consumed.with_label_values(l),
+            self.drainer_replied.with_label_values(l),
+        )
+    }
+}
+
+/// One server connection's SEND counters by message type, each series
+/// made on first use.
+pub struct PeerTypes {
+    m: &'static Metrics,
+    peer: String,
+    received: [Option<IntCounter>; TYPE_LABELS],
+    published: [Option<IntCounter>; TYPE_LABELS],
+    refused: [Option<IntCounter>; TYPE_LABELS],
+}
+
+/// Which of a connection's counters.
+#[derive(Clone, Copy)]
+pub enum SendCount {
+    Received,
+    Published,
+    Refused,
+}
+
+impl PeerTypes {
+    /// The label index of a SEND's `type` header.
+    pub fn index(msg_type: &str) -> usize {
+        type_index(msg_type)
+    }
+
+    /// Counts one SEND of the type at `index`.
+    pub fn inc(&mut self, what: SendCount, index: usize) {
+        let (cells, family) = match what {
+            SendCount::Received => (&mut self.received, &self.m.sends_received),
+            SendCount::Published => (&mut self.published, &self.m.sends_published),
+            SendCount::Refused => (&mut self.refused, &self.m.sends_refused),
+        };
+        let Some(cell) = cells.get_mut(index) else {
+            return;
+        };
+        cell.get_or_insert_with(|| family.with_label_values(&[&self.peer, type_label(index)]))
+            .inc();
+    }
+}
+
+/// One client link's series.
+#[derive(Clone)]
+pub struct LinkCounters {
+    pub up: IntGauge,
+    pub sent: IntCounter,
+    pub acked: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub reconnects: IntCounter,
+    pub receipt_seconds: Histogram,
+}
+
+/// A publish waiting for its confirmation: counted in
+/// `swpt_confirms_pending` until dropped; [`InFlight::confirmed`]
+/// records its latency.
+pub struct InFlight(Option<Instant>);
+
+impl InFlight {
+    pub fn start() -> InFlight {
+        match get() {
+            Some(m) => {
+                m.confirms_pending.inc();
+                InFlight(Some(Instant::now()))
+            }
+            None => InFlight(None),
+        }
+    }
+
+    /// RabbitMQ confirmed the publish.
+    pub fn confirmed(self) {
+        if let (Some(m), Some(started)) = (get(), self.0) {
+            m.confirm_seconds.observe(started.elapsed().as_secs_f64());
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let (Some(m), Some(_)) = (get(), self.0) {
+            m.confirms_pending.dec();
+        }
+    }
+}
+
+/// Why a TLS handshake failed, as a bounded label value.
+pub fn handshake_reason(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        return "closed";
+    }
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::InvalidCertificate(_)) => "certificate",
+        Some(E::NoCertificatesPresented) => "no_certificate",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::AlertReceived(_)) => "alert",
+        Some(_) => "protocol",
+        None => "io",
+    }
+}
+
+/// Counts a failed handshake (`timeout`, or the reason of `e`).
+pub fn handshake_failed(reason: &'static str) {
+    if let Some(m) = get() {
+        m.handshake_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The notAfter of a DER certificate (Unix seconds).
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// The notAfter of the first certificate of a PEM file.
+fn file_not_after(path: &std::path::Path) -> Option<i64> {
+    let certs = crate::tls::load_certs(path).ok()?;
+    not_after(certs.first()?)
+}
+
+/// Keeps the expiry gauges' inputs fresh: our certificate (`own`, read
+/// again at every change of the node database) and every peer's root and
+/// sub-CA certificates.
+pub fn watch_certificates(mut nodedata: watch::Receiver<Arc<Snapshot>>, own: Option<PathBuf>) {
+    let Some(m) = get() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let snapshot = nodedata.borrow_and_update().clone();
+            let mut peers = Vec::with_capacity(2 * snapshot.peers.len());
+            for (id, peer) in &snapshot.peers {
+                for (kind, der) in [("root", &peer.root_cert), ("sub-ca", &peer.sub_cert)] {
+                    if let Some(at) = not_after(der) {
+                        peers.push((id.clone(), kind, at));
+                    }
+                }
+            }
+            let own = own.as_deref().and_then(file_not_after);
+            *m.not_after.lock().unwrap_or_else(|e| e.into_inner()) = NotAfter { own, peers };
+            if nodedata.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A gauge raised by one for as long as the guard lives (an open
+/// connection, an established link).
+pub struct Raised(Option<IntGauge>);
+
+impl Raised {
+    pub fn new(gauge: Option<IntGauge>) -> Raised {
+        if let Some(g) = &gauge {
+            g.inc();
+        }
+        Raised(gauge)
+    }
+}
+
+impl Drop for Raised {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.dec();
+        }
+    }
+}
+
+/// An open server connection of `peer`, counted while it lives.
+pub fn server_connection(peer: &str) -> Raised {
+    Raised::new(get().map(|m| m.server_connections.with_label_values(&[peer])))
+}
+
+/// Counts a connection refused after its handshake.
+pub fn connection_refused(reason: &'static str) {
+    if let Some(m) = get() {
+        m.connections_refused.with_label_values(&[reason]).inc();
+    }
+}

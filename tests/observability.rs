@@ -1,0 +1,257 @@
+//! The HTTP endpoints of the running binaries (`APP_HTTP_PORT`): real
+//! flows through server, client and drainer, read over HTTP: `/readyz`
+//! flips with the broker and the link, the counters match the messages
+//! moved, the histograms have samples, the expiry gauges match the
+//! certificates.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Seconds from now until the first certificate of `pem` expires.
+fn expires_in(pem: &Path) -> f64 {
+    let text = std::fs::read(pem).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    (cert.validity().not_after.timestamp() - now) as f64
+}
+
+fn close_to(got: Option<f64>, want: f64, what: &str) {
+    let got = got.unwrap_or_else(|| panic!("no {what}"));
+    assert!((got - want).abs() <= 5.0, "{what}: {got}, expected about {want}");
+}
+
+fn recreate_vhost(vhost: &Vhost) {
+    swpt_testkit::rabbitmqctl(&["add_vhost", &vhost.name]);
+    swpt_testkit::rabbitmqctl(&["set_permissions", "-p", &vhost.name, "guest", ".*", ".*", ".*"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_and_client_endpoints_follow_a_real_flow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("observe");
+    let (_conn, ch) = channel(&vhost).await;
+    sink_queue(&ch, "accounts_in", "received").await;
+    configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
+    let (server_http, client_http) = (free_port(), free_port());
+    let port = peer_port(&net.ca_dir, "1234abcd");
+
+    // The client first: alive, not ready while no server listens.
+    let client_env = [("APP_HTTP_PORT", client_http.to_string())];
+    let client_env: Vec<(&str, &str)> = client_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _client = spawn(
+        "swpt-client",
+        &["1234abcd", "to_aa"],
+        &net.ca_dir,
+        &vhost.url,
+        &client_env,
+    );
+    wait_http(client_http, "/healthz", 200, WAIT).await;
+    let why = wait_http(client_http, "/readyz", 503, WAIT).await;
+    assert!(why.contains("no link established"), "{why}");
+    assert_eq!(http_get(client_http, "/nowhere").await.0, 404);
+
+    let server_env = [
+        ("APP_HTTP_PORT", server_http.to_string()),
+        ("SWPT_SERVER_PORT", port.to_string()),
+    ];
+    let server_env: Vec<(&str, &str)> = server_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &server_env);
+    wait_http(server_http, "/readyz", 200, WAIT).await;
+    wait_http(client_http, "/readyz", 200, WAIT).await;
+
+    // 200 messages and one the client dead-letters.
+    let n = 200;
+    queue_for_aa(&ch, 0..n / 2).await;
+    publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", b"{not json").await;
+    queue_for_aa(&ch, n / 2..n).await;
+    wait_for_count(&ch, "received", n as u32, WAIT).await;
+
+    let ca = &net.ca_id;
+    let pt = format!("{{peer=\"{ca}\",type=\"PrepareTransfer\"}}");
+    let page = wait_metric(
+        server_http,
+        &format!("swpt_server_sends_published_total{pt}"),
+        n as f64,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        metric(&page, &format!("swpt_server_sends_received_total{pt}")),
+        Some(n as f64)
+    );
+    assert_eq!(
+        metric(&page, &format!("swpt_server_sends_refused_total{pt}")),
+        None
+    );
+    assert_eq!(
+        metric(&page, &format!("swpt_server_connections{{peer=\"{ca}\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&page, "swpt_publish_confirm_seconds_count"),
+        Some(n as f64)
+    );
+    assert_eq!(metric(&page, "swpt_confirms_pending"), Some(0.0));
+    assert!(metric(&page, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
+    assert!(metric(&page, "process_open_fds").is_some_and(|v| v > 0.0));
+    close_to(
+        metric(&page, "swpt_own_certificate_expiry_seconds"),
+        expires_in(&net.aa_dir.join("server.crt")),
+        "server certificate expiry",
+    );
+    close_to(
+        metric(
+            &page,
+            &format!("swpt_peer_certificate_expiry_seconds{{certificate=\"root\",peer=\"{ca}\"}}"),
+        ),
+        expires_in(&net.aa_dir.join(format!("peers/{ca}/root-ca.crt"))),
+        "peer root expiry",
+    );
+    close_to(
+        metric(
+            &page,
+            &format!("swpt_peer_certificate_expiry_seconds{{certificate=\"sub-ca\",peer=\"{ca}\"}}"),
+        ),
+        expires_in(&net.aa_dir.join(format!("peers/{ca}/sub-ca.crt"))),
+        "peer sub-CA expiry",
+    );
+
+    let link = "{peer=\"1234abcd\",queue=\"to_aa\"}";
+    let page = wait_metric(
+        client_http,
+        &format!("swpt_client_acked_total{link}"),
+        n as f64,
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        metric(&page, &format!("swpt_client_sent_total{link}")),
+        Some(n as f64)
+    );
+    assert_eq!(
+        metric(&page, &format!("swpt_client_dead_lettered_total{link}")),
+        Some(1.0)
+    );
+    assert_eq!(metric(&page, &format!("swpt_client_link_up{link}")), Some(1.0));
+    assert_eq!(
+        metric(&page, &format!("swpt_client_receipt_seconds_count{link}")),
+        Some(n as f64)
+    );
+    // Connection refused while no server listened: each try counted.
+    let tries = metric(&page, &format!("swpt_client_reconnects_total{link}")).unwrap();
+    assert!(tries >= 1.0, "{tries}");
+
+    // A TLS handshake that fails is counted by its reason.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut junk = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        junk.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    }
+    wait_metric(
+        server_http,
+        "swpt_tls_handshake_failures_total{reason=\"protocol\"}",
+        1.0,
+        WAIT,
+    )
+    .await;
+
+    // The server goes away: the client's link is down, and it is not
+    // ready; it is again once a server is back.
+    server.sigkill();
+    wait_http(client_http, "/readyz", 503, WAIT).await;
+    let page = wait_metric(client_http, &format!("swpt_client_link_up{link}"), 0.0, WAIT).await;
+    assert!(metric(&page, &format!("swpt_client_reconnects_total{link}")).is_some_and(|v| v > tries));
+    let _server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &server_env);
+    wait_http(client_http, "/readyz", 200, WAIT).await;
+    wait_metric(client_http, &format!("swpt_client_link_up{link}"), 1.0, WAIT).await;
+
+    // The broker goes away (the vhost deleted): the server is not ready;
+    // it is again once the broker is back.
+    swpt_testkit::rabbitmqctl(&["delete_vhost", &vhost.name]);
+    let why = wait_http(server_http, "/readyz", 503, WAIT).await;
+    assert!(why.contains("RabbitMQ"), "{why}");
+    recreate_vhost(&vhost);
+    wait_http(server_http, "/readyz", 200, WAIT).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drainer_endpoints_count_what_it_drains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let gone = net.deactivated_aa_id.clone().unwrap();
+    let vhost = Vhost::new("observe-drain");
+    let (_conn, ch) = channel(&vhost).await;
+    sink_queue(&ch, "creditors_in", "ca_received").await;
+    declare_peer_queue(&ch, "to_gone").await;
+    let http = free_port();
+    let env = [("APP_HTTP_PORT", http.to_string())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut drainer = spawn("swpt-drainer", &[&gone, "to_gone"], &net.ca_dir, &vhost.url, &env);
+    wait_http(http, "/readyz", 200, WAIT).await;
+
+    // A ConfigureAccount is answered, a PrepareTransfer is not.
+    let debtor = i64::from_str_radix(&gone, 16).unwrap() << 32 | 1;
+    let configure = json!({"type": "ConfigureAccount", "debtor_id": debtor, "creditor_id": 0x0000080100000001_i64,
+        "negligible_amount": 2.5, "config_data": "", "config_flags": 0, "seqnum": 1, "ts": "2023-01-01T12:00:00+00:00"});
+    let mut pt = prepare_transfer(1);
+    pt["debtor_id"] = json!(debtor);
+    for _ in 0..3 {
+        publish(
+            &ch,
+            "",
+            "to_gone",
+            "ConfigureAccount",
+            &serde_json::to_vec(&configure).unwrap(),
+        )
+        .await;
+    }
+    publish(
+        &ch,
+        "",
+        "to_gone",
+        "PrepareTransfer",
+        &serde_json::to_vec(&pt).unwrap(),
+    )
+    .await;
+    wait_for_count(&ch, "ca_received", 3, WAIT).await;
+    let series = format!("{{peer=\"{gone}\",queue=\"to_gone\"}}");
+    let page = wait_metric(http, &format!("swpt_drainer_consumed_total{series}"), 4.0, WAIT).await;
+    assert_eq!(
+        metric(&page, &format!("swpt_drainer_replied_total{series}")),
+        Some(3.0)
+    );
+    assert_eq!(metric(&page, "swpt_publish_confirm_seconds_count"), Some(3.0));
+    assert!(metric(
+        &page,
+        &format!("swpt_peer_certificate_expiry_seconds{{certificate=\"root\",peer=\"{gone}\"}}")
+    )
+    .is_some());
+    drainer.sigterm();
+    let _ = drainer.0.wait();
+}
+
+#[tokio::test]
+async fn a_busy_http_port_is_a_configuration_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = busy.local_addr().unwrap().port().to_string();
+    let mut cmd = std::process::Command::new(bin("swpt-client"));
+    cmd.args(["1234abcd", "to_aa", "--http-port", &port]);
+    node_env(&mut cmd, &net.ca_dir, "amqp://guest:guest@127.0.0.1:5672/none");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("APP_HTTP_PORT") && stderr.contains(&port),
+        "{stderr}"
+    );
+}
