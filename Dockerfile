@@ -32,7 +32,7 @@ RUN find src crates -name '*.rs' -exec touch {} + \
 FROM debian:bookworm-slim AS app-image
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 \
+    && apt-get install -y --no-install-recommends iproute2 curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 1000 --home-dir /nonexistent --shell /usr/sbin/nologin swpt
 COPY --from=build /src/target/release/swpt-server /src/target/release/swpt-client \
@@ -41,6 +41,7 @@ COPY --from=build /src/target/release/swpt-server /src/target/release/swpt-clien
      /src/target/release/swpt-doctor /usr/local/bin/
 COPY entrypoint.sh /usr/local/bin/entrypoint.sh
 USER 1000
-EXPOSE 1234
+# 1234: STOMP; 8080: probes and metrics when APP_HTTP_PORT=8080.
+EXPOSE 1234 8080
 ENTRYPOINT ["/usr/local/bin/entrypoint.sh"]
 CMD ["swpt-server"]

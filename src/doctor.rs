@@ -302,7 +302,7 @@ fn readable_by_others(found: &mut Findings, key: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     if let Ok(meta) = std::fs::metadata(key) {
         let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
+        if mode & 0o007 != 0 {
             found.warning(
                 key.display().to_string(),
                 format!("readable by others (mode {mode:o})"),

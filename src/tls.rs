@@ -119,13 +119,14 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// Warns (once per process and file) when a private key file may be read
-/// by users other than its owner.
+/// by others: users neither its owner nor in its group (a group may read
+/// it: Kubernetes gives a Secret's files to the pod's `fsGroup`).
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     static WARNED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
     let Ok(meta) = std::fs::metadata(path) else { return };
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 == 0 {
+    if mode & 0o007 == 0 {
         return;
     }
     let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use swpt_testkit::generate::Devnet;
 
 struct Flow<'a> {
     sender: &'a Path,
@@ -54,66 +53,6 @@ async fn flow(vhost: &Vhost, f: &Flow<'_>, messages: &[(&str, Value)]) -> Vec<Va
     got.iter()
         .map(|d| serde_json::from_slice(&d.data).unwrap())
         .collect()
-}
-
-/// The three node databases of a network, ready to run.
-struct Nodes {
-    aa: PathBuf,
-    ca: PathBuf,
-    da: PathBuf,
-    ca_id: String,
-    da_id: String,
-}
-
-fn generated(tmp: &Path) -> Nodes {
-    let net: Devnet = devnet(tmp);
-    Nodes {
-        aa: net.aa_dir,
-        ca: net.ca_dir,
-        da: net.da_dir,
-        ca_id: net.ca_id,
-        da_id: net.da_id,
-    }
-}
-
-/// Points the `servers` of a manifest at 127.0.0.1:`port`, keeping the rest.
-fn rewrite_servers(manifest: &Path, port: u16) {
-    let text = std::fs::read_to_string(manifest).unwrap();
-    let start = text.find("servers").unwrap();
-    let end = start + text[start..].find(']').unwrap() + 1;
-    let new = format!(
-        "{}servers = [\"127.0.0.1:{port}\"]{}",
-        &text[..start],
-        &text[end..]
-    );
-    std::fs::write(manifest, new).unwrap();
-}
-
-/// The Python gateway's test network, copied, on free ports.
-fn shared(test: &str, tmp: &Path) -> Option<Nodes> {
-    let data = shared_data(test)?;
-    for node in ["AA", "CA", "DA"] {
-        copy_dir(&data.join(node), &tmp.join(node));
-    }
-    let n = Nodes {
-        aa: tmp.join("AA"),
-        ca: tmp.join("CA"),
-        da: tmp.join("DA"),
-        ca_id: "5921983fe0e6eb987aeedca54ad3c708".into(),
-        da_id: "060791aeca7637fa3357dfc0299fb4c5".into(),
-    };
-    let aa_port = free_port();
-    rewrite_servers(&n.ca.join("peers/1234abcd/nodeinfo/stomp.toml"), aa_port);
-    rewrite_servers(&n.da.join("peers/1234abcd/nodeinfo/stomp.toml"), aa_port);
-    rewrite_servers(
-        &n.aa.join(format!("peers/{}/nodeinfo/stomp.toml", n.ca_id)),
-        free_port(),
-    );
-    rewrite_servers(
-        &n.aa.join(format!("peers/{}/nodeinfo/stomp.toml", n.da_id)),
-        free_port(),
-    );
-    Some(n)
 }
 
 async fn aa_to_ca(n: &Nodes, vhost: &Vhost) {
@@ -227,7 +166,7 @@ async fn aa_to_da_and_da_to_aa_shared_network() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_stream_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let net: Devnet = devnet(tmp.path());
+    let net = devnet(tmp.path());
     let vhost = Vhost::new("sigkill");
     let (_c, ch) = channel(&vhost).await;
     const N: i64 = 5000;
@@ -259,7 +198,7 @@ async fn server_killed_mid_stream_nothing_is_lost() {
 #[ignore = "restarts RabbitMQ; scripts/test runs it alone"]
 async fn broker_restart_mid_stream_nothing_is_lost() {
     let tmp = tempfile::tempdir().unwrap();
-    let net: Devnet = devnet(tmp.path());
+    let net = devnet(tmp.path());
     let vhost = Vhost::new("broker-restart");
     const N: i64 = 3000;
     let (_server, client) = {

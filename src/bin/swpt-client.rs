@@ -1,22 +1,34 @@
-//! `swpt-client PEER QUEUE`: sends a queue's messages to a peer (see `swpt_gateway::client`).
+//! `swpt-client PEER QUEUE` or `swpt-client --links FILE`: sends queues'
+//! messages to peers (see `swpt_gateway::client`).
 
 use clap::Parser;
-use swpt_gateway::client::{self, ClientSettings};
-use swpt_gateway::config::{CertArgs, CommonArgs, PeerQueueArgs};
+use std::path::PathBuf;
+use swpt_gateway::client::{self, ClientSettings, LinkId};
+use swpt_gateway::config::{CertArgs, CommonArgs};
 use swpt_gateway::exit::{config, run_main};
 use swpt_gateway::http::{HttpArgs, UpCount};
 use swpt_gateway::shutdown::Shutdown;
 
-/// Consumes a RabbitMQ queue of messages for one peer and sends them to
-/// the peer's STOMP servers; reconnects by itself.
+/// Consumes a RabbitMQ queue of messages for a peer and sends them to the
+/// peer's STOMP servers; reconnects by itself. With --links, one process
+/// serves many PEER QUEUE pairs.
 #[derive(Parser, Debug)]
 #[command(version = swpt_gateway::VERSION)]
 struct Cli {
-    #[command(flatten)]
-    link: PeerQueueArgs,
+    /// The peer's node ID.
+    #[arg(required_unless_present = "links")]
+    peer_node_id: Option<String>,
+    /// The RabbitMQ queue of messages for that peer.
+    #[arg(required_unless_present = "links")]
+    queue_name: Option<String>,
+    /// A file of links, one "PEER QUEUE" per line (# comments, blank lines
+    /// allowed), instead of PEER QUEUE; followed while running: an added
+    /// line starts a link, a removed one ends it.
+    #[arg(long, env = "SWPT_CLIENT_LINKS", conflicts_with_all = ["peer_node_id", "queue_name"])]
+    links: Option<PathBuf>,
     #[command(flatten)]
     cert: CertArgs,
-    /// Messages held unconfirmed at most.
+    /// Messages held unconfirmed at most (per link).
     #[arg(short = 'b', long, env = "SWPT_CLIENT_BUFFER", default_value_t = 100)]
     client_buffer: usize,
     #[command(flatten)]
@@ -36,8 +48,6 @@ fn main() {
             broker_url: cli.common.broker_url,
             server_cert: cli.cert.server_cert,
             server_key: cli.cert.server_key,
-            peer_id: cli.link.peer_node_id,
-            queue: cli.link.queue_name,
             buffer: cli.client_buffer.max(1),
             internal,
             up: up.clone(),
@@ -48,8 +58,11 @@ fn main() {
             _ => Ok(()),
         };
         swpt_gateway::http::serve(http, std::sync::Arc::new(ready), shutdown.clone());
-        client::run(settings, shutdown)
-            .await
-            .map_err(client::FatalError::into_anyhow)
+        let done = match (cli.links, cli.peer_node_id, cli.queue_name) {
+            (Some(file), _, _) => client::run_links(settings, file, shutdown).await,
+            (None, Some(peer), Some(queue)) => client::run(settings, LinkId { peer, queue }, shutdown).await,
+            _ => unreachable!("clap requires PEER QUEUE or --links"),
+        };
+        done.map_err(client::FatalError::into_anyhow)
     })
 }

@@ -30,34 +30,39 @@ use tokio_util::codec::Framed;
 
 type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
 
-/// Makes one link and runs it to its end.
-#[allow(clippy::too_many_arguments)]
+/// What one connection of a link works with.
+pub(super) struct Context<'a> {
+    pub s: &'a ClientSettings,
+    pub queue: &'a str,
+    /// The link's series, when metrics are on.
+    pub counters: Option<&'a LinkCounters>,
+    pub node: &'a NodeData,
+    pub peer: &'a PeerData,
+    pub connector: &'a TlsConnector,
+    pub broker: &'a SharedConnection,
+}
+
+/// Makes one connection of a link and runs it to its end.
 pub(super) async fn run(
-    s: &ClientSettings,
-    counters: Option<&LinkCounters>,
-    node: &NodeData,
-    peer: &PeerData,
-    connector: &TlsConnector,
-    broker: &SharedConnection,
+    cx: &Context<'_>,
     nodedata: &mut watch::Receiver<Arc<Snapshot>>,
     shutdown: &mut Shutdown,
 ) -> LinkEnd {
     if shutdown.is_requested() {
         return LinkEnd::Shutdown;
     }
-    let timing = s.internal.timing();
-    let (mut link, beats) = match Link::start(s, node, peer, connector, broker, &timing).await {
+    let timing = cx.s.internal.timing();
+    let (link, beats) = match Link::start(cx, &timing).await {
         Ok(started) => started,
         Err(end) => return end,
     };
-    link.counters = counters;
-    link._up.1 = Raised::new(counters.map(|c| c.up.clone()));
     link.run(Liveness::new(beats, &timing), nodedata, shutdown).await
 }
 
 /// A link in progress.
 struct Link<'a> {
     s: &'a ClientSettings,
+    queue: &'a str,
     node: &'a NodeData,
     peer: &'a PeerData,
     conn: Conn,
@@ -79,32 +84,27 @@ struct Link<'a> {
 
 impl<'a> Link<'a> {
     /// Connects, says STOMP, and starts consuming.
-    async fn start(
-        s: &'a ClientSettings,
-        node: &'a NodeData,
-        peer: &'a PeerData,
-        connector: &TlsConnector,
-        broker: &SharedConnection,
-        timing: &Timing,
-    ) -> Result<(Link<'a>, HeartBeats), LinkEnd> {
-        let mut conn = open(peer, connector, timing.connect_timeout)
+    async fn start(cx: &Context<'a>, timing: &Timing) -> Result<(Link<'a>, HeartBeats), LinkEnd> {
+        let (s, peer) = (cx.s, cx.peer);
+        let mut conn = open(peer, cx.connector, timing.connect_timeout)
             .await
             .map_err(LinkEnd::Retry)?;
         let beats = handshake(&mut conn, peer, timing).await.map_err(LinkEnd::Retry)?;
-        let consumer = match Consumer::new(broker, &s.queue, s.buffer).await {
+        let consumer = match Consumer::new(cx.broker, cx.queue, s.buffer).await {
             Ok(c) => c,
             Err(e @ BridgeError::NoQueue(_)) => return Err(LinkEnd::Fatal(no_queue(e))),
             Err(e) => return Err(LinkEnd::Retry(e.to_string())),
         };
         let link = Link {
             s,
-            node,
+            queue: cx.queue,
+            node: cx.node,
             peer,
             conn,
             consumer,
             inflight: VecDeque::new(),
-            counters: None,
-            _up: (s.up.up(), Raised::new(None)),
+            counters: cx.counters,
+            _up: (s.up.up(), Raised::new(cx.counters.map(|c| c.up.clone()))),
             acks: Batch::new(s.buffer),
             disconnecting: None,
             inactive: false,
@@ -191,7 +191,7 @@ impl<'a> Link<'a> {
         let mut next = Some(first);
         while let Some(delivery) = next.take() {
             let m = delivery
-                .map_err(|e| LinkEnd::Retry(format!("consuming from \"{}\" failed: {e}", self.s.queue)))?;
+                .map_err(|e| LinkEnd::Retry(format!("consuming from \"{}\" failed: {e}", self.queue)))?;
             match outgoing(self.node, self.peer, &m) {
                 Ok(frame) => {
                     if let Err(e) = self.conn.feed(frame).await {

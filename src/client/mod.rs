@@ -17,6 +17,9 @@
 //!   RabbitMQ redelivers what was not acked.
 
 mod link;
+mod links;
+
+pub use links::{parse_links, run_links};
 
 use crate::backoff::Backoff;
 use crate::config::Internal;
@@ -31,21 +34,33 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-/// What the client needs to run.
+/// What every link of a client process shares.
 pub struct ClientSettings {
     pub nodedata_url: String,
     pub broker_url: String,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
-    pub peer_id: String,
-    pub queue: String,
+    /// Messages each link holds unconfirmed at most.
     pub buffer: usize,
     pub internal: Internal,
     /// Counts the links up (for `/readyz`).
     pub up: UpCount,
 }
 
-/// Why the client stops for good.
+/// One link: a peer, and the queue of messages for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkId {
+    pub peer: String,
+    pub queue: String,
+}
+
+impl std::fmt::Display for LinkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.peer, self.queue)
+    }
+}
+
+/// Why a link (or the client) stops for good.
 #[derive(Debug, thiserror::Error)]
 pub enum FatalError {
     #[error("peer {0} is not an active peer in the node database")]
@@ -84,81 +99,99 @@ enum LinkEnd {
     Fatal(FatalError),
 }
 
-/// Runs the client until shutdown; reconnects after every failure.
-pub async fn run(s: ClientSettings, mut shutdown: Shutdown) -> Result<(), FatalError> {
-    let mut nodedata = start(&s).await?;
+/// What the links of one process share: the settings, the node database
+/// as last seen, and the AMQP connection (each link has its own channel).
+struct Shared {
+    s: ClientSettings,
+    nodedata: watch::Receiver<Arc<Snapshot>>,
+    broker: Arc<SharedConnection>,
+}
+
+/// `swpt-client PEER QUEUE`: runs one link until shutdown; reconnects
+/// after every failure.
+pub async fn run(s: ClientSettings, link: LinkId, mut shutdown: Shutdown) -> Result<(), FatalError> {
+    let nodedata = start(&s, Vec::new()).await?;
+    if nodedata.borrow().peer(&link.peer).is_none() {
+        return Err(FatalError::UnknownPeer(link.peer));
+    }
     let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
+    let shared = Shared { s, nodedata, broker };
+    let result = serve_link(&shared, &link, &mut shutdown).await;
+    shared.broker.close().await;
+    result
+}
+
+/// Runs one link until shutdown: the peer, its manifest and our
+/// certificate are taken afresh for every connection; a peer that is not
+/// active is waited for; a failure is retried after a back-off.
+async fn serve_link(shared: &Shared, id: &LinkId, shutdown: &mut Shutdown) -> Result<(), FatalError> {
+    let s = &shared.s;
+    let mut nodedata = shared.nodedata.clone();
     let mut backoff = Backoff::new();
     let mut queue_checked = false;
-    let counters = crate::metrics::get().map(|m| m.link(&s.peer_id, &s.queue));
-    let result = loop {
-        // The peer, the manifest and our certificate are taken afresh for
-        // every link; a peer that is not active is waited for.
-        let Some(peer) = active_peer(&mut nodedata, &s.peer_id, &mut shutdown).await else {
-            break Ok(());
+    let counters = crate::metrics::get().map(|m| m.link(&id.peer, &id.queue));
+    loop {
+        let Some(peer) = active_peer(&mut nodedata, &id.peer, shutdown).await else {
+            return Ok(());
         };
         let node = nodedata.borrow().node.clone();
-        let connector = match connector_for(&s, &peer) {
+        let connector = match connector_for(s, &peer) {
             Ok(c) => c,
             Err(e) => {
                 let what = format!("cannot set up TLS for peer {}: {e}", peer.node_id);
-                if !backoff.pause(Duration::ZERO, &what, &mut shutdown).await {
-                    break Ok(());
+                if !backoff.pause(Duration::ZERO, &what, shutdown).await {
+                    return Ok(());
                 }
                 continue;
             }
         };
         if !queue_checked {
-            queue_checked = match queue_exists(&broker, &s.queue).await {
-                Ok(checked) => checked,
-                Err(e) => break Err(e),
-            };
+            queue_checked = queue_exists(&shared.broker, &id.queue).await?;
         }
         let started = Instant::now();
         let link = link::run(
-            &s,
-            counters.as_ref(),
-            &node,
-            &peer,
-            &connector,
-            &broker,
+            &link::Context {
+                s,
+                queue: &id.queue,
+                counters: counters.as_ref(),
+                node: &node,
+                peer: &peer,
+                connector: &connector,
+                broker: &shared.broker,
+            },
             &mut nodedata,
-            &mut shutdown,
+            shutdown,
         )
         .await;
         match link {
-            LinkEnd::Shutdown => break Ok(()),
+            LinkEnd::Shutdown => return Ok(()),
             LinkEnd::Inactive => continue,
-            LinkEnd::Fatal(e) => break Err(e),
+            LinkEnd::Fatal(e) => return Err(e),
             LinkEnd::Retry(why) => {
                 if let Some(c) = &counters {
                     c.reconnects.inc();
                 }
                 let what = format!("link to peer {} ended: {why}", peer.node_id);
-                if !backoff.pause(started.elapsed(), &what, &mut shutdown).await {
-                    break Ok(());
+                if !backoff.pause(started.elapsed(), &what, shutdown).await {
+                    return Ok(());
                 }
             }
         }
-    };
-    broker.close().await;
-    result
+    }
 }
 
-/// Starts following the node database (SIGHUP polls it at once), after
-/// checking what must be right at start: the peer is known, our
-/// certificate and key can be read.
-async fn start(s: &ClientSettings) -> Result<watch::Receiver<Arc<Snapshot>>, FatalError> {
+/// Starts following the node database (and `files`; SIGHUP polls at
+/// once), after checking that our certificate and key can be read.
+async fn start(
+    s: &ClientSettings,
+    files: Vec<PathBuf>,
+) -> Result<watch::Receiver<Arc<Snapshot>>, FatalError> {
     let db = NodeDatabase::open(&s.nodedata_url).map_err(config_error)?;
-    let files = vec![];
     let (nodedata, reload) = Watcher::start(db.root().to_path_buf(), files, s.internal.nodedata_poll())
         .await
         .map_err(config_error)?;
     crate::shutdown::reload_on_sighup(reload);
     crate::metrics::watch_certificates(nodedata.clone(), Some(s.server_cert.clone()));
-    if nodedata.borrow().peer(&s.peer_id).is_none() {
-        return Err(FatalError::UnknownPeer(s.peer_id.clone()));
-    }
     crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
     crate::tls::load_key(&s.server_key).map_err(config_error)?;
     Ok(nodedata)

@@ -18,10 +18,15 @@ pub use swpt_testkit::{shared_data, Vhost};
 /// A lapin connection and channel in a test's vhost: the tests watch and
 /// feed the broker with a client of their own, not the gateway's.
 pub async fn channel(vhost: &Vhost) -> (Connection, Channel) {
+    channel_at(&vhost.url).await
+}
+
+/// A lapin connection and channel to the broker at `url`.
+pub async fn channel_at(url: &str) -> (Connection, Channel) {
     let props = lapin::ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio);
-    let conn = Connection::connect(&vhost.url, props)
+    let conn = Connection::connect(url, props)
         .await
         .expect("connect to RabbitMQ");
     let ch = conn.create_channel().await.unwrap();
@@ -527,4 +532,64 @@ pub async fn wait_metric(port: u16, series: &str, want: f64, within: Duration) -
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The three node databases of a network, ready to run.
+pub struct Nodes {
+    pub aa: PathBuf,
+    pub ca: PathBuf,
+    pub da: PathBuf,
+    pub ca_id: String,
+    pub da_id: String,
+}
+
+pub fn generated(tmp: &Path) -> Nodes {
+    let net: Devnet = devnet(tmp);
+    Nodes {
+        aa: net.aa_dir,
+        ca: net.ca_dir,
+        da: net.da_dir,
+        ca_id: net.ca_id,
+        da_id: net.da_id,
+    }
+}
+
+/// Points the `servers` of a manifest at 127.0.0.1:`port`, keeping the rest.
+pub fn rewrite_servers(manifest: &Path, port: u16) {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let start = text.find("servers").unwrap();
+    let end = start + text[start..].find(']').unwrap() + 1;
+    let new = format!(
+        "{}servers = [\"127.0.0.1:{port}\"]{}",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(manifest, new).unwrap();
+}
+
+/// The Python gateway's test network, copied, on free ports.
+pub fn shared(test: &str, tmp: &Path) -> Option<Nodes> {
+    let data = shared_data(test)?;
+    for node in ["AA", "CA", "DA"] {
+        copy_dir(&data.join(node), &tmp.join(node));
+    }
+    let n = Nodes {
+        aa: tmp.join("AA"),
+        ca: tmp.join("CA"),
+        da: tmp.join("DA"),
+        ca_id: "5921983fe0e6eb987aeedca54ad3c708".into(),
+        da_id: "060791aeca7637fa3357dfc0299fb4c5".into(),
+    };
+    let aa_port = free_port();
+    rewrite_servers(&n.ca.join("peers/1234abcd/nodeinfo/stomp.toml"), aa_port);
+    rewrite_servers(&n.da.join("peers/1234abcd/nodeinfo/stomp.toml"), aa_port);
+    rewrite_servers(
+        &n.aa.join(format!("peers/{}/nodeinfo/stomp.toml", n.ca_id)),
+        free_port(),
+    );
+    rewrite_servers(
+        &n.aa.join(format!("peers/{}/nodeinfo/stomp.toml", n.da_id)),
+        free_port(),
+    );
+    Some(n)
 }

@@ -91,12 +91,24 @@ fn open_arguments(url: &str, ca_file: Option<&Path>) -> Result<OpenConnectionArg
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let mut args = OpenConnectionArguments::new(host, port, &user, &password);
-    args.virtual_host(&vhost);
+    args.virtual_host(&vhost).connection_name(&program_name());
     if tls {
         args.scheme("amqps")
             .tls_adaptor(crate::tls::adaptor(host, ca_file)?);
     }
     Ok(args.finish())
+}
+
+/// The name our connections show in RabbitMQ (`connection_name`): the
+/// program's, so that an operator sees which process holds which.
+fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "swpt-gateway".to_string())
 }
 
 fn percent_decode(s: &str) -> Option<String> {
