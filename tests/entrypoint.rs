@@ -40,7 +40,7 @@ fn each_command_reaches_its_binary() {
         ),
         (
             "swpt-client",
-            "Consumes a RabbitMQ queue of messages for one peer",
+            "Consumes a RabbitMQ queue of messages for a peer",
         ),
         ("swpt-drainer", "Consumes the queue of a deactivated peer"),
         ("configure-queue", "Declares the exchanges, bindings and queues"),
