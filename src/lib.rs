@@ -11,7 +11,8 @@
 //! - [`tls`]: rustls configurations and the Swaptacular verifiers;
 //! - below: the crates `stomp-codec`, `smp-json`, `amqp-bridge`, `nodedata`.
 //!
-//! Process plumbing: [`config`] (flags and `APP_*` settings), [`logging`],
+//! Process plumbing: [`config`] (flags and `APP_*` settings), [`http`]
+//! (probes and metrics endpoint) and [`metrics`] (what is counted), [`logging`],
 //! [`shutdown`] (signals), [`affinity`] (CPU pinning), [`backoff`] (waits
 //! between attempts), [`exit`] (exit status).
 

@@ -38,10 +38,7 @@ fn each_command_reaches_its_binary() {
             "swpt-server",
             "Accepts mutually authenticated TLS STOMP connections",
         ),
-        (
-            "swpt-client",
-            "Consumes a RabbitMQ queue of messages for a peer",
-        ),
+        ("swpt-client", "Consumes a RabbitMQ queue of messages for a peer"),
         ("swpt-drainer", "Consumes the queue of a deactivated peer"),
         ("configure-queue", "Declares the exchanges, bindings and queues"),
     ] {

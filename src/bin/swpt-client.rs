@@ -13,7 +13,10 @@ use swpt_gateway::shutdown::Shutdown;
 /// peer's STOMP servers; reconnects by itself. With --links, one process
 /// serves many PEER QUEUE pairs.
 #[derive(Parser, Debug)]
-#[command(version = swpt_gateway::VERSION)]
+#[command(
+    version = swpt_gateway::VERSION,
+    override_usage = "swpt-client [OPTIONS] <PEER_NODE_ID> <QUEUE_NAME>\n       swpt-client [OPTIONS] --links <LINKS>"
+)]
 struct Cli {
     /// The peer's node ID.
     #[arg(required_unless_present = "links")]

@@ -74,6 +74,9 @@ struct Link<'a> {
     counters: Option<&'a LinkCounters>,
     /// Up while the link lives: readiness, and `swpt_client_link_up`.
     _up: (UpGuard, Raised),
+    /// Messages sent and receipted on this connection, and since when:
+    /// said when it ends.
+    figures: (u64, u64, Instant),
     acks: Batch<u64>,
     /// When a DISCONNECT was sent: the deadline for its RECEIPT.
     disconnecting: Option<Instant>,
@@ -105,6 +108,7 @@ impl<'a> Link<'a> {
             inflight: VecDeque::new(),
             counters: cx.counters,
             _up: (s.up.up(), Raised::new(cx.counters.map(|c| c.up.clone()))),
+            figures: (0, 0, Instant::now()),
             acks: Batch::new(s.buffer),
             disconnecting: None,
             inactive: false,
@@ -153,6 +157,13 @@ impl<'a> Link<'a> {
             }
         };
         self.flush_acks();
+        let (sent, receipted, since) = self.figures;
+        tracing::info!(
+            sent,
+            receipted,
+            "connection ended after {:.0} s: {sent} messages sent, {receipted} receipted",
+            since.elapsed().as_secs_f64()
+        );
         self.consumer.close().await;
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
@@ -198,6 +209,7 @@ impl<'a> Link<'a> {
                         return Err(self.after_write_failure(format!("sending failed: {e}")).await);
                     }
                     self.inflight.push_back((m.delivery_tag, Instant::now()));
+                    self.figures.0 += 1;
                     if let Some(c) = self.counters {
                         c.sent.inc();
                     }
@@ -276,6 +288,7 @@ impl<'a> Link<'a> {
             count += 1;
         }
         self.acks.add(tag, count);
+        self.figures.1 += count as u64;
         if self.acks.full() || self.inflight.is_empty() {
             self.flush_acks();
         }

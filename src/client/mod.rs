@@ -1,5 +1,5 @@
-//! `swpt-client PEER QUEUE`: streams a RabbitMQ queue to one peer's
-//! STOMP server, and reconnects by itself.
+//! `swpt-client`: streams RabbitMQ queues to peers' STOMP servers, and
+//! reconnects by itself; one link (`PEER QUEUE`) or many (`--links FILE`).
 //!
 //! ```text
 //!  RabbitMQ QUEUE ──> Consumer ──delivery──> smp_json::client_process ──SEND──> Framed<StompCodec> ──TLS──> peer
@@ -8,8 +8,10 @@
 //!        └─────────── reject → QUEUE.XQ     RECEIPT N <───────────────────────────────┘
 //! ```
 //!
-//! - this module: the loop of links: the peer read afresh for each, a
-//!   capped, jittered back-off between them ([`crate::backoff`]);
+//! - this module: [`run`] (one link), and [`serve_link`], the loop of
+//!   one link's connections: the peer read afresh for each, a capped,
+//!   jittered back-off between them ([`crate::backoff`]);
+//! - [`links`]: many links in one process, the links file followed live;
 //! - [`link`]: one link: connect to a random server of the peer's
 //!   manifest, STOMP handshake, then the [`link::Link`] loop that sends
 //!   deliveries while fewer than `buffer` are unconfirmed and acks what

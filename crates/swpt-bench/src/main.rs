@@ -13,7 +13,9 @@
 //!  scale: N in-process STOMP peers ──TLS──> one swpt-server
 //! ```
 
+mod counting;
 mod lapin_client;
+mod links;
 mod scale;
 mod watch;
 
@@ -89,6 +91,27 @@ enum Cmd {
     /// The node-database watcher over a database of many peers: the first
     /// load, a poll with nothing changed, a poll after every peer changed,
     /// and how late a 1 ms ticker on the runtime gets meanwhile.
+    /// What counting the metrics costs per message, and one scrape.
+    Counting {
+        #[arg(short = 'n', long, default_value_t = 1_000_000)]
+        count: u64,
+    },
+    /// One swpt-client --links process: many quiet links (every message
+    /// arrives, RSS), then busy links (50 against one).
+    Links {
+        /// Quiet links.
+        #[arg(short = 'l', long, default_value_t = 1000)]
+        links: usize,
+        /// How long the quiet phase sends, in seconds.
+        #[arg(short = 's', long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds between two messages of one quiet link.
+        #[arg(long, default_value_t = 5)]
+        every: u64,
+        /// Messages of the busy phase.
+        #[arg(short = 'n', long, default_value_t = 20_000)]
+        count: u64,
+    },
     Watch {
         #[arg(short = 'p', long, default_value_t = 5000)]
         peers: usize,
@@ -1020,5 +1043,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             every,
         } => scale::run(&cli.broker_url, peers, seconds, every).await,
         Cmd::Watch { peers, polls } => watch::run(peers, polls).await,
+        Cmd::Counting { count } => counting::run(count),
+        Cmd::Links {
+            links,
+            seconds,
+            every,
+            count,
+        } => links::run(&cli.broker_url, links, seconds, every, count).await,
     }
 }
