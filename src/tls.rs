@@ -505,5 +505,10 @@ pub fn client_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(certs, key)?;
+    // A config is made for every connection (the files may have changed),
+    // so a session cache would never be reused; without it a config is a
+    // few KiB instead of tens (a --links client holds one per link).
+    let mut config = config;
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }

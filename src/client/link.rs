@@ -371,7 +371,9 @@ async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> R
         .map_err(|_| format!("TLS handshake with {addr} timed out"))?
         .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
     tracing::info!("connected to {addr}");
-    Ok(Framed::new(tls, StompCodec::default()))
+    // Small buffers to start with (they grow under load): a --links
+    // client holds many mostly idle connections.
+    Ok(Framed::with_capacity(tls, StompCodec::default(), 1024))
 }
 
 /// Sends STOMP and waits for CONNECTED; returns the negotiated heart-beats.
