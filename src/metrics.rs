@@ -462,3 +462,79 @@ pub fn connection_refused(reason: &'static str) {
         m.connections_refused.with_label_values(&[reason]).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The metric families a page shows (`# TYPE` lines).
+    fn families(page: &str) -> std::collections::HashSet<String> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_family_shows_and_the_dashboard_names_only_those() {
+        let m: &'static Metrics = Box::leak(Box::new(Metrics::new()));
+        let mut types = m.peer_types("1234abcd");
+        for what in [SendCount::Received, SendCount::Published, SendCount::Refused] {
+            types.inc(what, PeerTypes::index("AccountUpdate"));
+        }
+        types.inc(SendCount::Refused, PeerTypes::index("NoSuchType"));
+        let link = m.link("1234abcd", "q");
+        link.receipt_seconds.observe(0.001);
+        let (consumed, replied) = m.drainer("1234abcd", "q");
+        consumed.inc();
+        replied.inc();
+        m.handshake_failures.with_label_values(&["timeout"]).inc();
+        m.connections_refused.with_label_values(&["unknown_peer"]).inc();
+        m.server_connections.with_label_values(&["1234abcd"]).inc();
+        m.not_after
+            .lock()
+            .unwrap()
+            .peers
+            .push(("1234abcd".into(), "root", unix_now() + 100));
+        m.not_after.lock().unwrap().own = Some(unix_now() + 50);
+        m.confirm_seconds.observe(0.002);
+        let page = m.render();
+        assert!(
+            page.contains("swpt_server_sends_refused_total{peer=\"1234abcd\",type=\"other\"} 1"),
+            "{page}"
+        );
+        assert!(page.contains("swpt_server_sends_received_total{peer=\"1234abcd\",type=\"AccountUpdate\"} 1"));
+        let own = page
+            .lines()
+            .find_map(|l| l.strip_prefix("swpt_own_certificate_expiry_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap();
+        assert!((49.0..=50.0).contains(&own), "{own}");
+        let shown = families(&page);
+        assert!(shown.contains("process_resident_memory_bytes"), "{shown:?}");
+
+        // Every metric the Grafana dashboard queries is one we expose.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/swpt-gateway.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut named = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().unwrap() {
+                let expr = target["expr"].as_str().unwrap();
+                for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                    if !(word.starts_with("swpt_") || word.starts_with("process_")) {
+                        continue;
+                    }
+                    let family = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    assert!(shown.contains(family), "the dashboard's {word} is not exposed");
+                    named += 1;
+                }
+            }
+        }
+        assert!(named >= 15, "{named}");
+    }
+}

@@ -270,3 +270,34 @@ fn the_disruption_budget_and_anti_affinity_select_the_server() {
         "the Service selects the server"
     );
 }
+
+#[test]
+fn the_resources_pass_a_kubernetes_schema_validator() {
+    // scripts/test installs kubernetes-validate (PyPI) and names it here.
+    let Some(validator) = std::env::var_os("SWPT_KUBERNETES_VALIDATE") else {
+        swpt_testkit::skip(
+            "the_resources_pass_a_kubernetes_schema_validator",
+            "SWPT_KUBERNETES_VALIDATE is not set (scripts/test installs kubernetes-validate)",
+        );
+        return;
+    };
+    let k = &load(&base().join("kustomization.yaml"))[0];
+    let files: Vec<PathBuf> = k["resources"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|f| base().join(s(f)))
+        .collect();
+    let out = std::process::Command::new(validator)
+        .arg("--strict")
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches(" passed ").count(), files.len(), "{text}");
+}
