@@ -110,7 +110,21 @@ pub async fn run(broker: &str, links: usize, seconds: u64, every: u64, count: u6
         Err(e) => Err(e),
     };
     let _ = std::fs::remove_dir_all(&dir);
+    drop(_server);
+    delete_queues(&conn, links.max(50)).await;
     result
+}
+
+/// Deletes the bench's queues: a broker left with a thousand durable
+/// queues takes long to restart (they are all recovered at boot).
+async fn delete_queues(conn: &lapin::Connection, n: usize) {
+    let Ok(ch) = conn.create_channel().await else {
+        eprintln!("cannot delete the bench's queues bench.links.*: no channel");
+        return;
+    };
+    for name in (0..n).map(queue).chain([ARRIVED.to_string()]) {
+        let _ = ch.queue_delete(&name, QueueDeleteOptions::default()).await;
+    }
 }
 
 /// Phase 1: many quiet links.
