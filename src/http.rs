@@ -70,6 +70,15 @@ impl UpCount {
     pub fn get(&self) -> usize {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Ready while something is up; otherwise not, saying `why`.
+    pub fn readiness(&self, why: &'static str) -> Readiness {
+        let up = self.clone();
+        Arc::new(move || match up.get() {
+            0 => Err(why.to_string()),
+            _ => Ok(()),
+        })
+    }
 }
 
 /// One thing up, for as long as it lives.

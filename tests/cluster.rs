@@ -44,34 +44,9 @@ fn node_of(program: &str, urls: &[String]) -> Option<usize> {
 }
 
 async fn quorum_sink(ch: &lapin::Channel, exchange: &str, queue: &str) {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        exchange,
-        lapin::ExchangeKind::Topic,
-        durable,
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare(queue, options, args).await.unwrap();
-    ch.queue_bind(
-        queue,
-        exchange,
-        "#",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    sink_queue_with(ch, exchange, queue, args).await
 }
 
 /// Publishes PrepareTransfers `0..n` for the AA, confirms awaited in

@@ -56,11 +56,7 @@ fn main() {
             up: up.clone(),
         };
         let shutdown = Shutdown::on_signals();
-        let ready = move || match up.get() {
-            0 => Err("no link established".to_string()),
-            _ => Ok(()),
-        };
-        swpt_gateway::http::serve(http, std::sync::Arc::new(ready), shutdown.clone());
+        swpt_gateway::http::serve(http, up.readiness("no link established"), shutdown.clone());
         let done = match (cli.links, cli.peer_node_id, cli.queue_name) {
             (Some(file), _, _) => client::run_links(settings, file, shutdown).await,
             (None, Some(peer), Some(queue)) => client::run(settings, LinkId { peer, queue }, shutdown).await,

@@ -44,11 +44,7 @@ fn main() {
             up: up.clone(),
         };
         let shutdown = Shutdown::on_signals();
-        let ready = move || match up.get() {
-            0 => Err("not consuming".to_string()),
-            _ => Ok(()),
-        };
-        swpt_gateway::http::serve(http, std::sync::Arc::new(ready), shutdown.clone());
+        swpt_gateway::http::serve(http, up.readiness("not consuming"), shutdown.clone());
         drainer::run(settings, shutdown).await
     })
 }

@@ -204,6 +204,11 @@ pub async fn wait_port(port: u16) {
 
 /// Declares `exchange` (topic) and a queue bound to it with `#`.
 pub async fn sink_queue(ch: &Channel, exchange: &str, queue: &str) {
+    sink_queue_with(ch, exchange, queue, FieldTable::default()).await
+}
+
+/// Like [`sink_queue`], the queue declared with `args` (its type, say).
+pub async fn sink_queue_with(ch: &Channel, exchange: &str, queue: &str, args: FieldTable) {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..Default::default()
@@ -222,7 +227,7 @@ pub async fn sink_queue(ch: &Channel, exchange: &str, queue: &str) {
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
+        args,
     )
     .await
     .unwrap();
