@@ -28,9 +28,12 @@ use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, Publisher, SharedConnection};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
-use nodedata::{NodeData, NodeDatabase, PeerData, Watcher};
+use nodedata::{NodeData, NodeDatabase, PeerData, Snapshot, Watcher};
 use prometheus::IntCounter;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// What the drainer needs to run.
 pub struct DrainerSettings {
@@ -55,19 +58,22 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
         .peer_data(&s.peer_id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("peer {} is not in the node database", s.peer_id))?;
-    let peer = if peer.is_deactivated() {
-        peer
-    } else {
-        match deactivated(db.root(), &s, &mut shutdown).await? {
-            Some(peer) => peer,
-            None => return Ok(()),
-        }
+    // The node database is followed while waiting for the deactivation,
+    // and for the certificate-expiry metrics: one watcher for both.
+    let watching = !peer.is_deactivated() || crate::metrics::get().is_some();
+    let nodedata = match watching {
+        true => Some(watch_nodedata(db.root(), &s).await?),
+        false => None,
     };
-    if crate::metrics::get().is_some() {
-        let (nodedata, _) =
-            Watcher::start(db.root().to_path_buf(), vec![], s.internal.nodedata_poll()).await?;
-        crate::metrics::watch_certificates(nodedata, None);
-    }
+    let peer = match nodedata {
+        Some(nodedata) if !peer.is_deactivated() => {
+            match deactivated(nodedata, &s.peer_id, &mut shutdown).await {
+                Some(peer) => peer,
+                None => return Ok(()),
+            }
+        }
+        _ => peer,
+    };
     let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
     tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
     let mut backoff = Backoff::new();
@@ -99,26 +105,32 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
     result
 }
 
+/// Starts following the node database (SIGHUP polls at once), with the
+/// certificate-expiry metrics when they are on.
+async fn watch_nodedata(root: &Path, s: &DrainerSettings) -> anyhow::Result<watch::Receiver<Arc<Snapshot>>> {
+    let (nodedata, reload) = Watcher::start(root.to_path_buf(), vec![], s.internal.nodedata_poll()).await?;
+    crate::shutdown::reload_on_sighup(reload);
+    crate::metrics::watch_certificates(nodedata.clone(), None);
+    Ok(nodedata)
+}
+
 /// Waits (saying so once) until the node database shows the peer
 /// deactivated; `None` on shutdown.
 async fn deactivated(
-    root: &std::path::Path,
-    s: &DrainerSettings,
+    mut nodedata: watch::Receiver<Arc<Snapshot>>,
+    peer_id: &str,
     shutdown: &mut Shutdown,
-) -> anyhow::Result<Option<std::sync::Arc<PeerData>>> {
-    let (mut nodedata, reload) =
-        Watcher::start(root.to_path_buf(), vec![], s.internal.nodedata_poll()).await?;
-    crate::shutdown::reload_on_sighup(reload);
-    tracing::warn!("peer {} has not been deactivated; waiting until it is", s.peer_id);
+) -> Option<Arc<PeerData>> {
+    tracing::warn!("peer {peer_id} has not been deactivated; waiting until it is");
     loop {
-        let peer = nodedata.borrow_and_update().peer(&s.peer_id);
+        let peer = nodedata.borrow_and_update().peer(peer_id);
         if let Some(peer) = peer.filter(|p| p.is_deactivated()) {
-            tracing::info!("peer {} has been deactivated", s.peer_id);
-            return Ok(Some(peer));
+            tracing::info!("peer {peer_id} has been deactivated");
+            return Some(peer);
         }
         tokio::select! {
-            changed = nodedata.changed() => if changed.is_err() { return Ok(None) },
-            _ = shutdown.requested() => return Ok(None),
+            changed = nodedata.changed() => changed.ok()?,
+            _ = shutdown.requested() => return None,
         }
     }
 }

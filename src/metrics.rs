@@ -13,13 +13,14 @@
 //! [`watch_certificates`] last read (own certificate file, every peer's
 //! root and sub-CA certificate in the node database).
 
-use nodedata::Snapshot;
+use nodedata::{PeerData, Snapshot};
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use smp_json::MessageType;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -92,8 +93,21 @@ struct NotAfter {
     peers: Vec<(String, &'static str, i64)>,
 }
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+/// Registers `metric` (names are fixed and unique: a failure is a bug).
+fn add<C: Collector + Clone + 'static>(registry: &Registry, metric: Result<C, prometheus::Error>) -> C {
+    let metric = metric.expect("a valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    add(r, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    add(r, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn histogram(name: &str, help: &str) -> HistogramOpts {
@@ -102,124 +116,118 @@ fn histogram(name: &str, help: &str) -> HistogramOpts {
 
 impl Metrics {
     fn new() -> Metrics {
-        let pt = &["peer", "type"];
-        let pq = &["peer", "queue"];
-        let m = Metrics {
-            registry: Registry::new(),
-            server_connections: IntGaugeVec::new(
-                Opts::new("swpt_server_connections", "Open server connections, by peer."),
+        let (pt, pq) = (&["peer", "type"], &["peer", "queue"]);
+        let r = Registry::new();
+        // The standard process metrics, under their usual names
+        // (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
+        // `process_open_fds`...), which generic dashboards expect.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        r.register(Box::new(process)).expect("metric names are unique");
+        Metrics {
+            server_connections: gauge(
+                &r,
+                "swpt_server_connections",
+                "Open server connections, by peer.",
                 &["peer"],
-            )
-            .expect("valid metric"),
-            sends_received: counter("swpt_server_sends_received_total", "SEND frames received.", pt),
+            ),
+            sends_received: counter(
+                &r,
+                "swpt_server_sends_received_total",
+                "SEND frames received.",
+                pt,
+            ),
             sends_published: counter(
+                &r,
                 "swpt_server_sends_published_total",
                 "SEND frames published and confirmed by RabbitMQ.",
                 pt,
             ),
             sends_refused: counter(
+                &r,
                 "swpt_server_sends_refused_total",
                 "SEND frames refused with an ERROR.",
                 pt,
             ),
             handshake_failures: counter(
+                &r,
                 "swpt_tls_handshake_failures_total",
                 "Failed TLS handshakes of the server, by reason.",
                 &["reason"],
             ),
             connections_refused: counter(
+                &r,
                 "swpt_server_connections_refused_total",
                 "Connections refused after the TLS handshake, by reason.",
                 &["reason"],
             ),
-            confirms_pending: IntGauge::new(
-                "swpt_confirms_pending",
-                "Publishes waiting for RabbitMQ's confirmation.",
-            )
-            .expect("valid metric"),
-            confirm_seconds: Histogram::with_opts(histogram(
-                "swpt_publish_confirm_seconds",
-                "From publish to RabbitMQ's confirmation.",
-            ))
-            .expect("valid metric"),
-            link_up: IntGaugeVec::new(
-                Opts::new("swpt_client_link_up", "1 while the link is established, else 0."),
+            confirms_pending: add(
+                &r,
+                IntGauge::new(
+                    "swpt_confirms_pending",
+                    "Publishes waiting for RabbitMQ's confirmation.",
+                ),
+            ),
+            confirm_seconds: add(
+                &r,
+                Histogram::with_opts(histogram(
+                    "swpt_publish_confirm_seconds",
+                    "From publish to RabbitMQ's confirmation.",
+                )),
+            ),
+            link_up: gauge(
+                &r,
+                "swpt_client_link_up",
+                "1 while the link is established, else 0.",
                 pq,
-            )
-            .expect("valid metric"),
-            link_sent: counter("swpt_client_sent_total", "Messages sent (SEND).", pq),
-            link_acked: counter("swpt_client_acked_total", "Messages receipted and acked.", pq),
+            ),
+            link_sent: counter(&r, "swpt_client_sent_total", "Messages sent (SEND).", pq),
+            link_acked: counter(&r, "swpt_client_acked_total", "Messages receipted and acked.", pq),
             link_dead_lettered: counter(
+                &r,
                 "swpt_client_dead_lettered_total",
                 "Messages rejected to the dead-letter queue.",
                 pq,
             ),
             link_reconnects: counter(
+                &r,
                 "swpt_client_reconnects_total",
                 "Links that ended and are retried.",
                 pq,
             ),
-            receipt_seconds: HistogramVec::new(
-                histogram("swpt_client_receipt_seconds", "From SEND to its RECEIPT."),
-                pq,
-            )
-            .expect("valid metric"),
-            drainer_consumed: counter("swpt_drainer_consumed_total", "Messages consumed.", pq),
+            receipt_seconds: add(
+                &r,
+                HistogramVec::new(
+                    histogram("swpt_client_receipt_seconds", "From SEND to its RECEIPT."),
+                    pq,
+                ),
+            ),
+            drainer_consumed: counter(&r, "swpt_drainer_consumed_total", "Messages consumed.", pq),
             drainer_replied: counter(
+                &r,
                 "swpt_drainer_replied_total",
                 "Replies published and confirmed.",
                 pq,
             ),
-            own_expiry: Gauge::new(
-                "swpt_own_certificate_expiry_seconds",
-                "Seconds until our server certificate expires.",
-            )
-            .expect("valid metric"),
-            peer_expiry: GaugeVec::new(
-                Opts::new(
-                    "swpt_peer_certificate_expiry_seconds",
-                    "Seconds until a peer's certificate expires (root, or the sub-CA it issued for us).",
+            own_expiry: add(
+                &r,
+                Gauge::new(
+                    "swpt_own_certificate_expiry_seconds",
+                    "Seconds until our server certificate expires.",
                 ),
-                &["peer", "certificate"],
-            )
-            .expect("valid metric"),
+            ),
+            peer_expiry: add(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "swpt_peer_certificate_expiry_seconds",
+                        "Seconds until a peer's certificate expires (root, or the sub-CA it issued for us).",
+                    ),
+                    &["peer", "certificate"],
+                ),
+            ),
             not_after: Mutex::new(NotAfter::default()),
-        };
-        m.register_all();
-        m
-    }
-
-    fn register_all(&self) {
-        let all: [Box<dyn Collector>; 18] = [
-            Box::new(self.server_connections.clone()),
-            Box::new(self.sends_received.clone()),
-            Box::new(self.sends_published.clone()),
-            Box::new(self.sends_refused.clone()),
-            Box::new(self.handshake_failures.clone()),
-            Box::new(self.connections_refused.clone()),
-            Box::new(self.confirms_pending.clone()),
-            Box::new(self.confirm_seconds.clone()),
-            Box::new(self.link_up.clone()),
-            Box::new(self.link_sent.clone()),
-            Box::new(self.link_acked.clone()),
-            Box::new(self.link_dead_lettered.clone()),
-            Box::new(self.link_reconnects.clone()),
-            Box::new(self.receipt_seconds.clone()),
-            Box::new(self.drainer_consumed.clone()),
-            Box::new(self.drainer_replied.clone()),
-            Box::new(self.own_expiry.clone()),
-            Box::new(self.peer_expiry.clone()),
-        ];
-        for c in all {
-            self.registry.register(c).expect("metric names are unique");
+            registry: r,
         }
-        // The standard process metrics, under their usual names
-        // (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
-        // `process_open_fds`...), which generic dashboards expect.
-        let process = prometheus::process_collector::ProcessCollector::for_self();
-        self.registry
-            .register(Box::new(process))
-            .expect("metric names are unique");
     }
 
     /// The Prometheus text exposition of every metric, the expiry gauges
@@ -403,24 +411,36 @@ fn file_not_after(path: &std::path::Path) -> Option<i64> {
     not_after(certs.first()?)
 }
 
+/// A certificate's kind (`root`, `sub-ca`) and its notAfter (Unix seconds).
+type Expiry = (&'static str, i64);
+
 /// Keeps the expiry gauges' inputs fresh: our certificate (`own`, read
 /// again at every change of the node database) and every peer's root and
-/// sub-CA certificates.
+/// sub-CA certificates (parsed again only for the peers the watcher read
+/// again).
 pub fn watch_certificates(mut nodedata: watch::Receiver<Arc<Snapshot>>, own: Option<PathBuf>) {
     let Some(m) = get() else {
         return;
     };
     tokio::spawn(async move {
+        let mut parsed: HashMap<String, (Arc<PeerData>, Vec<Expiry>)> = HashMap::new();
         loop {
             let snapshot = nodedata.borrow_and_update().clone();
-            let mut peers = Vec::with_capacity(2 * snapshot.peers.len());
+            parsed.retain(|id, _| snapshot.peers.contains_key(id));
             for (id, peer) in &snapshot.peers {
-                for (kind, der) in [("root", &peer.root_cert), ("sub-ca", &peer.sub_cert)] {
-                    if let Some(at) = not_after(der) {
-                        peers.push((id.clone(), kind, at));
-                    }
+                if parsed.get(id).is_some_and(|(seen, _)| Arc::ptr_eq(seen, peer)) {
+                    continue;
                 }
+                let expiry = [("root", &peer.root_cert), ("sub-ca", &peer.sub_cert)]
+                    .into_iter()
+                    .filter_map(|(kind, der)| Some((kind, not_after(der)?)))
+                    .collect();
+                parsed.insert(id.clone(), (peer.clone(), expiry));
             }
+            let peers = parsed
+                .iter()
+                .flat_map(|(id, (_, expiry))| expiry.iter().map(move |(kind, at)| (id.clone(), *kind, *at)))
+                .collect();
             let own = own.as_deref().and_then(file_not_after);
             *m.not_after.lock().unwrap_or_else(|e| e.into_inner()) = NotAfter { own, peers };
             if nodedata.changed().await.is_err() {

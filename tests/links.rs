@@ -92,6 +92,17 @@ async fn one_client_many_peers(n: &Nodes, vhost: &Vhost, tmp: &Path) {
     // The DA's line removed: its link ends, its messages wait in the queue.
     std::fs::write(&links, format!("{} to_ca\n", n.ca_id)).unwrap();
     wait_for_log(&log, "removed from the links file", WAIT).await;
+    // The DA's link has ended (its connection's last line) before more is
+    // published for it; until then it may still send what arrives.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let ended = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("connection ended") && l.contains("queue=to_da"))
+    };
+    while !ended(&log.lock().unwrap()) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", log.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     to_da(&ch, 10).await;
     to_ca(&ch, 40, 10).await;
     wait_for_count(&ch, "ca_received", 50, WAIT).await;

@@ -45,7 +45,7 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
 
     // The client first: alive, not ready while no server listens.
     let client_env = [("APP_HTTP_PORT", client_http.to_string())];
-    let client_env: Vec<(&str, &str)> = client_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let client_env = env_refs(&client_env);
     let _client = spawn(
         "swpt-client",
         &["1234abcd", "to_aa"],
@@ -62,7 +62,7 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
         ("APP_HTTP_PORT", server_http.to_string()),
         ("SWPT_SERVER_PORT", port.to_string()),
     ];
-    let server_env: Vec<(&str, &str)> = server_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server_env = env_refs(&server_env);
     let mut server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &server_env);
     wait_http(server_http, "/readyz", 200, WAIT).await;
     wait_http(client_http, "/readyz", 200, WAIT).await;
@@ -193,7 +193,7 @@ async fn drainer_endpoints_count_what_it_drains() {
     declare_peer_queue(&ch, "to_gone").await;
     let http = free_port();
     let env = [("APP_HTTP_PORT", http.to_string())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let env = env_refs(&env);
     let mut drainer = spawn("swpt-drainer", &[&gone, "to_gone"], &net.ca_dir, &vhost.url, &env);
     wait_http(http, "/readyz", 200, WAIT).await;
 

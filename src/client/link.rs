@@ -68,8 +68,8 @@ struct Link<'a> {
     conn: Conn,
     consumer: Consumer,
     /// Delivery tags sent and not yet receipted, in order, with when
-    /// they were sent.
-    inflight: VecDeque<(u64, Instant)>,
+    /// they were sent (when metrics are on: for the receipt histogram).
+    inflight: VecDeque<(u64, Option<Instant>)>,
     /// The link's series, when metrics are on.
     counters: Option<&'a LinkCounters>,
     /// Up while the link lives: readiness, and `swpt_client_link_up`.
@@ -208,7 +208,8 @@ impl<'a> Link<'a> {
                     if let Err(e) = self.conn.feed(frame).await {
                         return Err(self.after_write_failure(format!("sending failed: {e}")).await);
                     }
-                    self.inflight.push_back((m.delivery_tag, Instant::now()));
+                    let sent = self.counters.map(|_| Instant::now());
+                    self.inflight.push_back((m.delivery_tag, sent));
                     self.figures.0 += 1;
                     if let Some(c) = self.counters {
                         c.sent.inc();
@@ -278,10 +279,10 @@ impl<'a> Link<'a> {
             return Err(LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}")));
         }
         let mut count = 0;
-        let now = Instant::now();
+        let now = self.counters.map(|_| Instant::now());
         while let Some(&(_, sent)) = self.inflight.front().filter(|(t, _)| *t <= tag) {
             self.inflight.pop_front();
-            if let Some(c) = self.counters {
+            if let (Some(c), Some(now), Some(sent)) = (self.counters, now, sent) {
                 c.receipt_seconds.observe(now.duration_since(sent).as_secs_f64());
                 c.acked.inc();
             }

@@ -64,11 +64,6 @@ fn read_links(file: &Path) -> anyhow::Result<BTreeSet<LinkId>> {
     parse_links(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
-/// A running link: the switch that ends it.
-struct Running {
-    stop: watch::Sender<bool>,
-}
-
 /// Runs every link of `file` until shutdown, following the file.
 pub async fn run_links(s: ClientSettings, file: PathBuf, mut shutdown: Shutdown) -> Result<(), FatalError> {
     let wanted = read_links(&file).map_err(super::config_error)?;
@@ -77,7 +72,8 @@ pub async fn run_links(s: ClientSettings, file: PathBuf, mut shutdown: Shutdown)
     let drain_wait = s.internal.drain_wait();
     let shared = Arc::new(Shared { s, nodedata, broker });
     let mut files_generation = shared.nodedata.borrow().files_generation;
-    let mut running: HashMap<LinkId, Running> = HashMap::new();
+    // The running links, each with the switch that ends it.
+    let mut running: HashMap<LinkId, watch::Sender<bool>> = HashMap::new();
     let mut tasks = JoinSet::new();
     update(&shared, &mut running, &mut tasks, wanted);
     let mut nodedata = shared.nodedata.clone();
@@ -100,8 +96,8 @@ pub async fn run_links(s: ClientSettings, file: PathBuf, mut shutdown: Shutdown)
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
-    for link in running.values() {
-        let _ = link.stop.send(true);
+    for stop in running.values() {
+        let _ = stop.send(true);
     }
     // Each link drains within `drain_wait`; then what is left is cut.
     let drained = tokio::time::timeout(drain_wait + Duration::from_millis(500), async {
@@ -118,15 +114,15 @@ pub async fn run_links(s: ClientSettings, file: PathBuf, mut shutdown: Shutdown)
 /// Starts the links newly `wanted`, stops those no longer wanted.
 fn update(
     shared: &Arc<Shared>,
-    running: &mut HashMap<LinkId, Running>,
+    running: &mut HashMap<LinkId, watch::Sender<bool>>,
     tasks: &mut JoinSet<()>,
     wanted: BTreeSet<LinkId>,
 ) {
-    running.retain(|id, link| {
+    running.retain(|id, stop| {
         let keep = wanted.contains(id);
         if !keep {
             tracing::info!("link {id} removed from the links file; ending it");
-            let _ = link.stop.send(true);
+            let _ = stop.send(true);
         }
         keep
     });
@@ -138,7 +134,7 @@ fn update(
         let (stop, stopped) = watch::channel(false);
         let span = tracing::info_span!("link", peer = %id.peer, queue = %id.queue);
         tasks.spawn(supervise(shared.clone(), id.clone(), Shutdown::new(stopped)).instrument(span));
-        running.insert(id, Running { stop });
+        running.insert(id, stop);
         started += 1;
     }
     if started > 0 {

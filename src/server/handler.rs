@@ -77,7 +77,7 @@ async fn accept(ctx: &ServerContext, stream: TcpStream, addr: SocketAddr) -> Opt
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             // A port probe or a client that gave up: not worth a warning.
             tracing::debug!(%addr, "connection closed before the TLS handshake: {e}");
-            metrics::handshake_failed("closed");
+            metrics::handshake_failed(metrics::handshake_reason(&e));
             None
         }
         Ok(Err(e)) => {

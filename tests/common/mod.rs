@@ -119,6 +119,11 @@ pub fn node_env(cmd: &mut Command, node_dir: &Path, broker: &str) {
         .env("APP_LOG_LEVEL", "warning");
 }
 
+/// Owned `(name, value)` pairs as [`spawn`] takes them.
+pub fn env_refs<'a>(pairs: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
 pub fn spawn(name: &str, args: &[&str], node_dir: &Path, broker: &str, extra_env: &[(&str, &str)]) -> Proc {
     let mut cmd = Command::new(bin(name));
     cmd.args(args).stdin(Stdio::null());
