@@ -22,13 +22,14 @@ fn node_name(n: usize) -> String {
 }
 
 /// The cluster node (1-3) `program`'s AMQP connection is on, from the
-/// connection name the gateway gives its connections.
-fn node_of(program: &str, urls: &[String]) -> Option<usize> {
+/// connection name the gateway gives its connections, as node `ask`
+/// (one that is running) lists the cluster's connections.
+fn node_of(program: &str, urls: &[String], ask: usize) -> Option<usize> {
     let out = std::process::Command::new("rabbitmqctl")
         .args([
             "-q",
             "-n",
-            &node_name(1),
+            &node_name(ask),
             "list_connections",
             "--no-table-headers",
         ])
@@ -134,7 +135,7 @@ async fn cluster_node_loss_loses_nothing() {
     let victim = {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(n) = node_of("swpt-server", &urls) {
+            if let Some(n) = node_of("swpt-server", &urls, 1) {
                 break n;
             }
             assert!(Instant::now() < deadline, "the server's connection is not listed");
@@ -185,7 +186,7 @@ async fn cluster_node_loss_loses_nothing() {
     assert!(stopped_at.is_some(), "the node was stopped mid-stream");
     // The server is connected again, through another node.
     wait_http(http, "/readyz", 200, Duration::from_secs(30)).await;
-    let now_on = node_of("swpt-server", &urls);
+    let now_on = node_of("swpt-server", &urls, victim % 3 + 1);
     assert!(now_on.is_some_and(|n| n != victim), "{now_on:?}");
     let log = server_log.lock().unwrap().clone();
     assert!(
