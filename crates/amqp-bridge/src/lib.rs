@@ -153,13 +153,15 @@ impl OutMessage<'_> {
     /// The AMQP properties the gateway publishes with: JSON content type,
     /// the message type, persistent, `app_id` `swpt_stomp` and the headers.
     pub fn properties(&self) -> Result<BasicProperties, BridgeError> {
-        Ok(BasicProperties::default()
+        // Set in place: the builder's `finish` would copy it, headers and all.
+        let mut props = BasicProperties::default();
+        props
             .with_content_type("application/json")
             .with_message_type(self.msg_type)
             .with_delivery_mode(amqprs::DELIVERY_MODE_PERSISTENT)
             .with_app_id("swpt_stomp")
-            .with_headers(headers_table(&self.headers)?)
-            .finish())
+            .with_headers(headers_table(&self.headers)?);
+        Ok(props)
     }
 }
 

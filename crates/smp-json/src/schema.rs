@@ -6,7 +6,10 @@
 //! as JSON values, with the IDs the processing rules need at hand.
 
 use crate::timestamp::{parse_date, Timestamp};
-use serde_json::{Map, Value};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
+use std::borrow::Cow;
 
 /// The SMP message types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -248,7 +251,7 @@ fn field_groups(t: MessageType) -> [Fields; 4] {
 pub struct Message {
     pub msg_type: MessageType,
     /// The known fields (timestamps normalized), `type` included.
-    pub fields: Map<String, Value>,
+    pub fields: FieldValues,
     pub debtor_id: i64,
     pub creditor_id: i64,
     /// `coordinator_id`, for the types that have one.
@@ -258,6 +261,60 @@ pub struct Message {
     pub coordinator_type: Option<String>,
     /// `ts` in microseconds since the Unix epoch.
     pub ts_micros: i64,
+}
+
+/// A message's known fields as JSON values, kept sorted by name: the
+/// order they are written in (the order a JSON object with sorted keys
+/// has).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FieldValues(Vec<(&'static str, Value)>);
+
+impl FieldValues {
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (*n).cmp(name))
+    }
+
+    /// The value of the field `name`, if the message has it.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.position(name).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.position(name).is_ok()
+    }
+
+    /// Sets the field `name` (added if missing).
+    fn set(&mut self, name: &'static str, value: Value) {
+        match self.position(name) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (name, value)),
+        }
+    }
+
+    /// The fields, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        self.0.iter().map(|(n, v)| (*n, v))
+    }
+}
+
+impl std::ops::Index<&str> for FieldValues {
+    type Output = Value;
+
+    /// The value of `name`, or `null` when the message has no such field.
+    fn index(&self, name: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.get(name).unwrap_or(&NULL)
+    }
+}
+
+impl Serialize for FieldValues {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in &self.0 {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// Why a body does not pass its schema (for logs; peers only see
@@ -313,46 +370,131 @@ fn check(value: &Value, kind: Kind) -> bool {
     }
 }
 
-fn int(fields: &Map<String, Value>, name: &str) -> i64 {
+fn int(fields: &FieldValues, name: &str) -> i64 {
     fields.get(name).and_then(Value::as_i64).unwrap_or_default()
+}
+
+/// The most fields a type has (AccountUpdate: 27), with room to spare.
+const MAX_FIELDS: usize = 32;
+
+/// Reads a JSON object in one pass: the type's known fields into their
+/// slots (in table order), whether `type` names the type; unknown fields
+/// are skipped without being built. A repeated key keeps its last value,
+/// as a JSON object read into a map would.
+struct Read<'t> {
+    t: MessageType,
+    groups: &'t [Fields; 4],
+    type_ok: Option<bool>,
+    slots: [Option<Value>; MAX_FIELDS],
+}
+
+impl Read<'_> {
+    /// The slot of the known field `name`.
+    fn slot(&mut self, name: &str) -> Option<&mut Option<Value>> {
+        let i = self
+            .groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .position(|(n, _)| *n == name)?;
+        self.slots.get_mut(i)
+    }
+}
+
+impl<'de> Visitor<'de> for &mut Read<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "type" {
+                let value: Value = map.next_value()?;
+                self.type_ok = Some(value.as_str() == Some(self.t.as_str()));
+            } else if let Some(slot) = self.slot(&key) {
+                *slot = Some(map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the body unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
 }
 
 impl Message {
     /// Validates a JSON body as a message of type `t`.
     pub fn parse(t: MessageType, body: &[u8]) -> Result<Message, SchemaError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| SchemaError::Json(e.to_string()))?;
-        let Value::Object(mut input) = value else {
-            return Err(SchemaError::NotObject);
+        let text = std::str::from_utf8(body).map_err(|e| SchemaError::Json(e.to_string()))?;
+        let groups = field_groups(t);
+        let mut read = Read {
+            t,
+            groups: &groups,
+            type_ok: None,
+            slots: [const { None }; MAX_FIELDS],
         };
-        match input.get("type") {
-            Some(Value::String(s)) if s == t.as_str() => {}
-            Some(_) => return Err(SchemaError::TypeMismatch),
+        let mut de = serde_json::Deserializer::from_str(text);
+        if let Err(e) = de.deserialize_map(&mut read).and_then(|()| de.end()) {
+            return Err(match serde_json::from_str::<Value>(text) {
+                Ok(v) if !v.is_object() => SchemaError::NotObject,
+                _ => SchemaError::Json(e.to_string()),
+            });
+        }
+        match read.type_ok {
+            Some(true) => {}
+            Some(false) => return Err(SchemaError::TypeMismatch),
             None => return Err(SchemaError::Missing("type")),
         }
-        let mut fields = Map::new();
-        fields.insert("type".into(), Value::String(t.as_str().into()));
+        let mut fields = Vec::with_capacity(MAX_FIELDS);
+        fields.push(("type", Value::String(t.as_str().into())));
         let mut ts_micros = 0;
-        for group in field_groups(t) {
-            for &(name, kind) in group {
-                let value = input.remove(name).ok_or(SchemaError::Missing(name))?;
-                if !check(&value, kind) {
-                    return Err(SchemaError::Invalid(name));
-                }
-                let value = match (kind, value) {
-                    // Written back as floats, as the Python gateway does.
-                    (Kind::Float(..), Value::Number(n)) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
-                    (Kind::Timestamp, Value::String(s)) => {
-                        let parsed = Timestamp::parse(&s).ok_or(SchemaError::Invalid(name))?;
-                        if name == "ts" {
-                            ts_micros = parsed.unix_micros();
-                        }
-                        Value::String(parsed.to_iso())
-                    }
-                    (_, v) => v,
-                };
-                fields.insert(name.into(), value);
+        let slots = read.slots.iter_mut();
+        for (&(name, kind), slot) in groups.iter().flat_map(|g| g.iter()).zip(slots) {
+            let value = slot.take().ok_or(SchemaError::Missing(name))?;
+            if !check(&value, kind) {
+                return Err(SchemaError::Invalid(name));
             }
+            let value = match (kind, value) {
+                // Written back as floats, as the Python gateway does.
+                (Kind::Float(..), Value::Number(n)) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
+                (Kind::Timestamp, Value::String(s)) => {
+                    let parsed = Timestamp::parse(&s).ok_or(SchemaError::Invalid(name))?;
+                    if name == "ts" {
+                        ts_micros = parsed.unix_micros();
+                    }
+                    Value::String(parsed.to_iso())
+                }
+                (_, v) => v,
+            };
+            fields.push((name, value));
         }
+        fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let fields = FieldValues(fields);
         let msg = Message {
             msg_type: t,
             debtor_id: int(&fields, "debtor_id"),
@@ -416,18 +558,23 @@ impl Message {
     /// Sets `creditor_id` (in the fields too).
     pub fn set_creditor_id(&mut self, id: i64) {
         self.creditor_id = id;
-        self.fields.insert("creditor_id".into(), Value::from(id));
+        self.fields.set("creditor_id", Value::from(id));
     }
 
     /// Sets `coordinator_id` (in the fields too).
     pub fn set_coordinator_id(&mut self, id: i64) {
         self.coordinator_id = Some(id);
-        self.fields.insert("coordinator_id".into(), Value::from(id));
+        self.fields.set("coordinator_id", Value::from(id));
     }
 
     /// The message written again: the known fields only.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.fields).unwrap_or_default()
+        // Room for a typical message, so the writer seldom grows it.
+        let mut out = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut out, &self.fields) {
+            Ok(()) => out,
+            Err(_) => Vec::new(),
+        }
     }
 }
 
@@ -480,5 +627,27 @@ pub(crate) mod test_support {
 
     pub fn static_name(t: MessageType, name: &str) -> &'static str {
         find(t, name).0
+    }
+}
+
+#[cfg(test)]
+mod table_tests {
+    use super::*;
+
+    #[test]
+    fn every_type_fits_the_slots_and_names_each_field_once() {
+        for t in MessageType::ALL {
+            let names: Vec<&str> = field_groups(t)
+                .iter()
+                .flat_map(|g| g.iter())
+                .map(|(n, _)| *n)
+                .collect();
+            assert!(names.len() <= MAX_FIELDS, "{t:?} has {} fields", names.len());
+            let mut unique = names.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), names.len(), "{t:?} names a field twice");
+            assert!(!names.contains(&"type"), "{t:?}");
+        }
     }
 }

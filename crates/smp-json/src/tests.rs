@@ -272,6 +272,53 @@ fn type_field_must_match() {
 }
 
 #[test]
+fn the_body_is_written_with_sorted_keys_as_a_json_map_would_be() {
+    for t in MessageType::ALL {
+        let m = parse(&sample(t)).unwrap();
+        // What serde_json writes for the same fields in a map (sorted keys).
+        let map: serde_json::Map<String, Value> =
+            m.fields.iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
+        assert_eq!(m.to_json(), serde_json::to_vec(&map).unwrap(), "{t:?}");
+    }
+}
+
+#[test]
+fn keys_are_read_as_json_reads_them() {
+    let t = MessageType::AccountPurge;
+    let text = serde_json::to_string(&sample(t)).unwrap();
+    // An escaped key is the same key.
+    let escaped = text.replacen("\"debtor_id\"", "\"debtor\\u005fid\"", 1);
+    assert_ne!(escaped, text);
+    assert_eq!(Message::parse(t, escaped.as_bytes()), parse(&sample(t)));
+    // A repeated key keeps its last value.
+    let repeated = text.replacen('{', "{\"creditor_id\":\"not a number\",", 1);
+    assert_eq!(Message::parse(t, repeated.as_bytes()), parse(&sample(t)));
+    let repeated = text.replacen('}', ",\"creditor_id\":\"not a number\"}", 1);
+    assert_eq!(
+        Message::parse(t, repeated.as_bytes()),
+        Err(SchemaError::Invalid("creditor_id"))
+    );
+    // An unknown field is skipped, but must still be valid JSON and UTF-8.
+    let with = |extra: &[u8]| {
+        let mut b = text.as_bytes()[..text.len() - 1].to_vec();
+        b.extend_from_slice(extra);
+        Message::parse(t, &b)
+    };
+    assert!(with(b",\"x\":[1,{\"y\":null}]}").is_ok());
+    assert!(matches!(with(b",\"x\":\"\xff\"}"), Err(SchemaError::Json(_))));
+    assert!(matches!(with(b",\"x\":[1,}"), Err(SchemaError::Json(_))));
+    assert!(matches!(with(b"} trailing"), Err(SchemaError::Json(_))));
+    assert!(matches!(Message::parse(t, b""), Err(SchemaError::Json(_))));
+    assert_eq!(Message::parse(t, b" \"text\" "), Err(SchemaError::NotObject));
+    assert_eq!(Message::parse(t, b"{}"), Err(SchemaError::Missing("type")));
+    let untyped = text.replacen("\"type\"", "\"kind\"", 1);
+    assert_eq!(
+        Message::parse(t, untyped.as_bytes()),
+        Err(SchemaError::Missing("type"))
+    );
+}
+
+#[test]
 fn cross_field_rules() {
     let rule = |v: Value| matches!(parse(&v), Err(SchemaError::Rule(_)));
     let mut v = sample(MessageType::PrepareTransfer);

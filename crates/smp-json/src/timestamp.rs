@@ -4,8 +4,6 @@
 //! `±HHMM`); years 0001 to 9999. Written back as Python's `isoformat()`
 //! does: `YYYY-MM-DDTHH:MM:SS[.ffffff]+HH:MM`, keeping the offset.
 
-use std::fmt::Write;
-
 /// A parsed timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timestamp {
@@ -198,21 +196,46 @@ impl Timestamp {
 
     /// Writes it the way Python's `isoformat()` does.
     pub fn to_iso(&self) -> String {
-        let mut s = String::with_capacity(32);
-        let _ = write!(
-            s,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        );
+        let mut s = Vec::with_capacity(32);
+        put_digits(&mut s, self.year.into(), 4);
+        for (sep, value) in [
+            (b'-', self.month),
+            (b'-', self.day),
+            (b'T', self.hour),
+            (b':', self.minute),
+            (b':', self.second),
+        ] {
+            s.push(sep);
+            put_digits(&mut s, value.into(), 2);
+        }
         if self.micros != 0 {
-            let _ = write!(s, ".{:06}", self.micros);
+            s.push(b'.');
+            put_digits(&mut s, self.micros, 6);
         }
         let off = self.offset_minutes;
-        let sign = if off < 0 { '-' } else { '+' };
+        s.push(if off < 0 { b'-' } else { b'+' });
         let off = off.unsigned_abs();
-        let _ = write!(s, "{sign}{:02}:{:02}", off / 60, off % 60);
-        s
+        put_digits(&mut s, (off / 60).into(), 2);
+        s.push(b':');
+        put_digits(&mut s, (off % 60).into(), 2);
+        // Only ASCII digits and separators were written.
+        String::from_utf8(s).unwrap_or_default()
     }
+}
+
+/// Appends `value` in decimal, zero-padded to `width` digits (more digits
+/// if it needs them, as `{:0width$}` does).
+fn put_digits(out: &mut Vec<u8>, value: u32, width: usize) {
+    let mut buf = [b'0'; 10];
+    let mut v = value;
+    let mut n = 0;
+    while v > 0 || n == 0 {
+        buf[9 - n] = b'0' + (v % 10) as u8;
+        v /= 10;
+        n += 1;
+    }
+    let n = n.max(width.min(10));
+    out.extend_from_slice(&buf[10 - n..]);
 }
 
 /// Microseconds since the Unix epoch, now.
@@ -226,6 +249,26 @@ pub fn now_micros() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digits_are_written_as_format_pads_them() {
+        for (value, width) in [
+            (0, 2),
+            (7, 2),
+            (59, 2),
+            (0, 4),
+            (999, 4),
+            (2023, 4),
+            (12345, 4),
+            (1, 6),
+            (123456, 6),
+            (u32::MAX, 2),
+        ] {
+            let mut out = Vec::new();
+            put_digits(&mut out, value, width);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{value:0width$}"));
+        }
+    }
 
     #[test]
     fn parses_and_writes_back() {
