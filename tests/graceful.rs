@@ -16,21 +16,6 @@ const N: i64 = 20_000;
 /// `APP_SHUTDOWN_GRACE_SECONDS`'s default.
 const GRACE: Duration = Duration::from_secs(15);
 
-/// Deliveries unacknowledged in `queue` of `vhost` (rabbitmqctl).
-fn unacked(vhost: &Vhost, queue: &str) -> u64 {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "-p", &vhost.name, "--no-table-headers"])
-        .args(["name", "messages_unacknowledged"])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('\t'))
-        .find(|(name, _)| name.trim() == queue)
-        .and_then(|(_, n)| n.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Counts the ids arriving in `received` (by `id_of`) until all `n` are
 /// there, then keeps reading until it has been quiet for a second (to
 /// catch late duplicates).

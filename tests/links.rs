@@ -79,6 +79,9 @@ async fn one_client_many_peers(n: &Nodes, vhost: &Vhost, tmp: &Path) {
     to_da(&ch, 20).await;
     wait_for_count(&ch, "ca_received", 20, WAIT).await;
     wait_for_count(&ch, "da_received", 20, WAIT).await;
+    // Receipted and acked before the server dies: a message published but
+    // not yet receipted would rightly be sent again (at least once).
+    wait_for_acks(vhost, "to_ca", WAIT).await;
 
     // The CA's server dies: the DA's link goes on.
     ca_server.sigkill();

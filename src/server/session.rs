@@ -124,9 +124,7 @@ impl<'a> Session<'a> {
     async fn drive(&mut self, conn: &mut Conn) -> Result<Infallible, End> {
         let mut liveness = Liveness::new(self.connect(conn).await?, &self.ctx.timing);
         loop {
-            let reading = self.confirms.len() < self.ctx.buffer
-                && self.pending_error.is_none()
-                && self.draining.is_none();
+            let reading = self.reading();
             tokio::select! {
                 _ = self.shutdown.requested(), if self.draining.is_none() => {
                     self.end_with(CLOSED_BY_SERVER, conn).await?
@@ -141,12 +139,32 @@ impl<'a> Session<'a> {
                 _ = self.receipts.due() => self.send_receipts(conn).await?,
                 item = conn.next(), if reading => {
                     liveness.fed();
-                    self.on_item(item, conn).await?
+                    self.on_item(item, conn).await?;
+                    self.read_ready(conn).await?
                 }
                 due = liveness.due() => on_due(due, conn).await?,
                 Ok(()) = self.nodedata.changed(), if self.draining.is_none() => self.check_peer(conn).await?,
             }
         }
+    }
+
+    /// Whether to read more frames: fewer than `buffer` publishes
+    /// unconfirmed, no ERROR waiting, not ending.
+    fn reading(&self) -> bool {
+        self.confirms.len() < self.ctx.buffer && self.pending_error.is_none() && self.draining.is_none()
+    }
+
+    /// Handles the frames the connection has at hand without waiting for
+    /// the socket (a client writes its SENDs in bursts): one turn of the
+    /// loop for the burst, not one per frame.
+    async fn read_ready(&mut self, conn: &mut Conn) -> Result<(), End> {
+        while self.reading() {
+            match conn.next().now_or_never() {
+                Some(item) => self.on_item(item, conn).await?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// Waits for CONNECT and answers CONNECTED; returns the negotiated

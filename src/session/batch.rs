@@ -2,8 +2,9 @@
 //! client's acks both confirm "everything up to here", so a few can
 //! stand in for many.
 
+use std::pin::Pin;
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// The last of the confirmations not yet passed on, with how many it
 /// covers. A batch is due once a quarter of the buffer has gathered, or
@@ -16,6 +17,10 @@ pub struct Batch<T> {
     count: usize,
     size: usize,
     since: Option<Instant>,
+    /// The timer of [`Batch::due`], kept from one call to the next (a
+    /// select loop calls it once per turn): set once per batch rather than
+    /// made, registered and dropped on every turn.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> Batch<T> {
@@ -28,6 +33,7 @@ impl<T> Batch<T> {
             count: 0,
             size: (buffer / 4).max(1),
             since: None,
+            timer: None,
         }
     }
 
@@ -52,11 +58,21 @@ impl<T> Batch<T> {
 
     /// Resolves when the oldest confirmation is due; never when the batch
     /// is empty. Cancel-safe.
-    pub async fn due(&self) {
-        match self.since {
-            Some(t) => tokio::time::sleep_until(t + Self::DELAY).await,
-            None => std::future::pending().await,
-        }
+    pub async fn due(&mut self) {
+        let Some(since) = self.since else {
+            return std::future::pending().await;
+        };
+        let deadline = since + Self::DELAY;
+        let timer = match &mut self.timer {
+            Some(t) => {
+                if t.deadline() != deadline {
+                    t.as_mut().reset(deadline);
+                }
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        timer.as_mut().await
     }
 }
 
@@ -78,5 +94,16 @@ mod tests {
         assert_eq!(b.take(), None);
         let never = tokio::time::timeout(Duration::from_secs(60), b.due()).await;
         assert!(never.is_err(), "an empty batch is never due");
+
+        // The next batch falls due after its own delay, though a turn is
+        // cut short (a select loop drops `due` on every turn; the clock
+        // counts whole milliseconds).
+        b.add(4, 1);
+        let t1 = Instant::now();
+        let cut = tokio::time::timeout(Duration::from_millis(1), b.due()).await;
+        assert!(cut.is_err(), "not due yet");
+        b.due().await;
+        assert_eq!(t1.elapsed(), Batch::<u64>::DELAY);
+        assert_eq!(b.take(), Some(4));
     }
 }

@@ -264,6 +264,38 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, msg_type: &str, bo
     .unwrap();
 }
 
+/// Deliveries unacknowledged in `queue` of `vhost` (rabbitmqctl).
+pub fn unacked(vhost: &Vhost, queue: &str) -> u64 {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "-p", &vhost.name, "--no-table-headers"])
+        .args(["name", "messages_unacknowledged"])
+        .output()
+        .expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(name, _)| name.trim() == queue)
+        .and_then(|(_, n)| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until nothing is left unacknowledged in `queue` (every delivery
+/// acked by its consumer); panics after `within`.
+pub async fn wait_for_acks(vhost: &Vhost, queue: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = unacked(vhost, queue);
+        if left == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "\"{queue}\" has {left} deliveries unacknowledged after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until `queue` holds exactly `n` messages; panics after `within`.
 pub async fn wait_for_count(ch: &Channel, queue: &str, n: u32, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;

@@ -470,7 +470,7 @@ impl Message {
             Some(false) => return Err(SchemaError::TypeMismatch),
             None => return Err(SchemaError::Missing("type")),
         }
-        let mut fields = Vec::with_capacity(MAX_FIELDS);
+        let mut fields = Vec::with_capacity(1 + groups.iter().map(|g| g.len()).sum::<usize>());
         fields.push(("type", Value::String(t.as_str().into())));
         let mut ts_micros = 0;
         let slots = read.slots.iter_mut();
