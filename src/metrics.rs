@@ -57,32 +57,57 @@ fn type_label(index: usize) -> &'static str {
     MessageType::ALL.get(index).map_or("other", |t| t.as_str())
 }
 
-/// Every metric of the gateway.
+/// Every metric of the gateway, by the part that counts it.
 pub struct Metrics {
     registry: Registry,
+    server: ServerFamilies,
+    confirms: ConfirmFamilies,
+    links: LinkFamilies,
+    drainer: DrainerFamilies,
+    expiry: ExpiryFamilies,
+    not_after: Mutex<NotAfter>,
+}
+
+/// The server's: connections, SENDs, handshakes.
+struct ServerFamilies {
     /// Open server connections, by peer.
-    pub server_connections: IntGaugeVec,
+    connections: IntGaugeVec,
     sends_received: IntCounterVec,
     sends_published: IntCounterVec,
     sends_refused: IntCounterVec,
     /// TLS handshakes that failed, by reason (see [`handshake_reason`]).
-    pub handshake_failures: IntCounterVec,
+    handshake_failures: IntCounterVec,
     /// Connections closed after the handshake, before a session, by reason.
-    pub connections_refused: IntCounterVec,
-    /// Publishes (server and drainer) waiting for RabbitMQ's confirmation.
-    pub confirms_pending: IntGauge,
-    confirm_seconds: Histogram,
-    link_up: IntGaugeVec,
-    link_sent: IntCounterVec,
-    link_acked: IntCounterVec,
-    link_dead_lettered: IntCounterVec,
-    link_reconnects: IntCounterVec,
+    connections_refused: IntCounterVec,
+}
+
+/// Publishes (server and drainer) waiting for RabbitMQ's confirmation, and
+/// how long confirmations take.
+struct ConfirmFamilies {
+    pending: IntGauge,
+    seconds: Histogram,
+}
+
+/// The client's, by link (peer and queue).
+struct LinkFamilies {
+    up: IntGaugeVec,
+    sent: IntCounterVec,
+    acked: IntCounterVec,
+    dead_lettered: IntCounterVec,
+    reconnects: IntCounterVec,
     receipt_seconds: HistogramVec,
-    drainer_consumed: IntCounterVec,
-    drainer_replied: IntCounterVec,
-    own_expiry: Gauge,
-    peer_expiry: GaugeVec,
-    not_after: Mutex<NotAfter>,
+}
+
+/// The drainer's, by peer and queue.
+struct DrainerFamilies {
+    consumed: IntCounterVec,
+    replied: IntCounterVec,
+}
+
+/// Certificate expiry, computed at each scrape from [`NotAfter`].
+struct ExpiryFamilies {
+    own: Gauge,
+    peer: GaugeVec,
 }
 
 /// The expiry times (Unix seconds) the gauges are computed from.
@@ -114,9 +139,137 @@ fn histogram(name: &str, help: &str) -> HistogramOpts {
     HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
 }
 
+const PT: &[&str] = &["peer", "type"];
+const PQ: &[&str] = &["peer", "queue"];
+
+impl ServerFamilies {
+    fn new(r: &Registry) -> ServerFamilies {
+        ServerFamilies {
+            connections: gauge(
+                r,
+                "swpt_server_connections",
+                "Open server connections, by peer.",
+                &["peer"],
+            ),
+            sends_received: counter(r, "swpt_server_sends_received_total", "SEND frames received.", PT),
+            sends_published: counter(
+                r,
+                "swpt_server_sends_published_total",
+                "SEND frames published and confirmed by RabbitMQ.",
+                PT,
+            ),
+            sends_refused: counter(
+                r,
+                "swpt_server_sends_refused_total",
+                "SEND frames refused with an ERROR.",
+                PT,
+            ),
+            handshake_failures: counter(
+                r,
+                "swpt_tls_handshake_failures_total",
+                "Failed TLS handshakes of the server, by reason.",
+                &["reason"],
+            ),
+            connections_refused: counter(
+                r,
+                "swpt_server_connections_refused_total",
+                "Connections refused after the TLS handshake, by reason.",
+                &["reason"],
+            ),
+        }
+    }
+}
+
+impl ConfirmFamilies {
+    fn new(r: &Registry) -> ConfirmFamilies {
+        ConfirmFamilies {
+            pending: add(
+                r,
+                IntGauge::new(
+                    "swpt_confirms_pending",
+                    "Publishes waiting for RabbitMQ's confirmation.",
+                ),
+            ),
+            seconds: add(
+                r,
+                Histogram::with_opts(histogram(
+                    "swpt_publish_confirm_seconds",
+                    "From publish to RabbitMQ's confirmation.",
+                )),
+            ),
+        }
+    }
+}
+
+impl LinkFamilies {
+    fn new(r: &Registry) -> LinkFamilies {
+        LinkFamilies {
+            up: gauge(
+                r,
+                "swpt_client_link_up",
+                "1 while the link is established, else 0.",
+                PQ,
+            ),
+            sent: counter(r, "swpt_client_sent_total", "Messages sent (SEND).", PQ),
+            acked: counter(r, "swpt_client_acked_total", "Messages receipted and acked.", PQ),
+            dead_lettered: counter(
+                r,
+                "swpt_client_dead_lettered_total",
+                "Messages rejected to the dead-letter queue.",
+                PQ,
+            ),
+            reconnects: counter(
+                r,
+                "swpt_client_reconnects_total",
+                "Links that ended and are retried.",
+                PQ,
+            ),
+            receipt_seconds: add(
+                r,
+                HistogramVec::new(
+                    histogram("swpt_client_receipt_seconds", "From SEND to its RECEIPT."),
+                    PQ,
+                ),
+            ),
+        }
+    }
+}
+
+impl DrainerFamilies {
+    fn new(r: &Registry) -> DrainerFamilies {
+        DrainerFamilies {
+            consumed: counter(r, "swpt_drainer_consumed_total", "Messages consumed.", PQ),
+            replied: counter(
+                r,
+                "swpt_drainer_replied_total",
+                "Replies published and confirmed.",
+                PQ,
+            ),
+        }
+    }
+}
+
+impl ExpiryFamilies {
+    fn new(r: &Registry) -> ExpiryFamilies {
+        let peer = Opts::new(
+            "swpt_peer_certificate_expiry_seconds",
+            "Seconds until a peer's certificate expires (root, or the sub-CA it issued for us).",
+        );
+        ExpiryFamilies {
+            own: add(
+                r,
+                Gauge::new(
+                    "swpt_own_certificate_expiry_seconds",
+                    "Seconds until our server certificate expires.",
+                ),
+            ),
+            peer: add(r, GaugeVec::new(peer, &["peer", "certificate"])),
+        }
+    }
+}
+
 impl Metrics {
     fn new() -> Metrics {
-        let (pt, pq) = (&["peer", "type"], &["peer", "queue"]);
         let r = Registry::new();
         // The standard process metrics, under their usual names
         // (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
@@ -124,107 +277,11 @@ impl Metrics {
         let process = prometheus::process_collector::ProcessCollector::for_self();
         r.register(Box::new(process)).expect("metric names are unique");
         Metrics {
-            server_connections: gauge(
-                &r,
-                "swpt_server_connections",
-                "Open server connections, by peer.",
-                &["peer"],
-            ),
-            sends_received: counter(
-                &r,
-                "swpt_server_sends_received_total",
-                "SEND frames received.",
-                pt,
-            ),
-            sends_published: counter(
-                &r,
-                "swpt_server_sends_published_total",
-                "SEND frames published and confirmed by RabbitMQ.",
-                pt,
-            ),
-            sends_refused: counter(
-                &r,
-                "swpt_server_sends_refused_total",
-                "SEND frames refused with an ERROR.",
-                pt,
-            ),
-            handshake_failures: counter(
-                &r,
-                "swpt_tls_handshake_failures_total",
-                "Failed TLS handshakes of the server, by reason.",
-                &["reason"],
-            ),
-            connections_refused: counter(
-                &r,
-                "swpt_server_connections_refused_total",
-                "Connections refused after the TLS handshake, by reason.",
-                &["reason"],
-            ),
-            confirms_pending: add(
-                &r,
-                IntGauge::new(
-                    "swpt_confirms_pending",
-                    "Publishes waiting for RabbitMQ's confirmation.",
-                ),
-            ),
-            confirm_seconds: add(
-                &r,
-                Histogram::with_opts(histogram(
-                    "swpt_publish_confirm_seconds",
-                    "From publish to RabbitMQ's confirmation.",
-                )),
-            ),
-            link_up: gauge(
-                &r,
-                "swpt_client_link_up",
-                "1 while the link is established, else 0.",
-                pq,
-            ),
-            link_sent: counter(&r, "swpt_client_sent_total", "Messages sent (SEND).", pq),
-            link_acked: counter(&r, "swpt_client_acked_total", "Messages receipted and acked.", pq),
-            link_dead_lettered: counter(
-                &r,
-                "swpt_client_dead_lettered_total",
-                "Messages rejected to the dead-letter queue.",
-                pq,
-            ),
-            link_reconnects: counter(
-                &r,
-                "swpt_client_reconnects_total",
-                "Links that ended and are retried.",
-                pq,
-            ),
-            receipt_seconds: add(
-                &r,
-                HistogramVec::new(
-                    histogram("swpt_client_receipt_seconds", "From SEND to its RECEIPT."),
-                    pq,
-                ),
-            ),
-            drainer_consumed: counter(&r, "swpt_drainer_consumed_total", "Messages consumed.", pq),
-            drainer_replied: counter(
-                &r,
-                "swpt_drainer_replied_total",
-                "Replies published and confirmed.",
-                pq,
-            ),
-            own_expiry: add(
-                &r,
-                Gauge::new(
-                    "swpt_own_certificate_expiry_seconds",
-                    "Seconds until our server certificate expires.",
-                ),
-            ),
-            peer_expiry: add(
-                &r,
-                GaugeVec::new(
-                    Opts::new(
-                        "swpt_peer_certificate_expiry_seconds",
-                        "Seconds until a peer's certificate expires (root, or the sub-CA it issued for us).",
-                    ),
-                    &["peer", "certificate"],
-                ),
-            ),
+            server: ServerFamilies::new(&r),
+            confirms: ConfirmFamilies::new(&r),
+            links: LinkFamilies::new(&r),
+            drainer: DrainerFamilies::new(&r),
+            expiry: ExpiryFamilies::new(&r),
             not_after: Mutex::new(NotAfter::default()),
             registry: r,
         }
@@ -244,11 +301,12 @@ impl Metrics {
     fn update_expiry(&self, now: i64) {
         let not_after = self.not_after.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(own) = not_after.own {
-            self.own_expiry.set((own - now) as f64);
+            self.expiry.own.set((own - now) as f64);
         }
-        self.peer_expiry.reset();
+        self.expiry.peer.reset();
         for (peer, kind, at) in &not_after.peers {
-            self.peer_expiry
+            self.expiry
+                .peer
                 .with_label_values(&[peer.as_str(), kind])
                 .set((at - now) as f64);
         }
@@ -269,12 +327,12 @@ impl Metrics {
     pub fn link(&'static self, peer: &str, queue: &str) -> LinkCounters {
         let l = &[peer, queue];
         LinkCounters {
-            up: self.link_up.with_label_values(l),
-            sent: self.link_sent.with_label_values(l),
-            acked: self.link_acked.with_label_values(l),
-            dead_lettered: self.link_dead_lettered.with_label_values(l),
-            reconnects: self.link_reconnects.with_label_values(l),
-            receipt_seconds: self.receipt_seconds.with_label_values(l),
+            up: self.links.up.with_label_values(l),
+            sent: self.links.sent.with_label_values(l),
+            acked: self.links.acked.with_label_values(l),
+            dead_lettered: self.links.dead_lettered.with_label_values(l),
+            reconnects: self.links.reconnects.with_label_values(l),
+            receipt_seconds: self.links.receipt_seconds.with_label_values(l),
         }
     }
 
@@ -282,8 +340,8 @@ impl Metrics {
     pub fn drainer(&'static self, peer: &str, queue: &str) -> (IntCounter, IntCounter) {
         let l = &[peer, queue];
         (
-            self.drainer_consumed.with_label_values(l),
-            self.drainer_replied.with_label_values(l),
+            self.drainer.consumed.with_label_values(l),
+            self.drainer.replied.with_label_values(l),
         )
     }
 }
@@ -315,9 +373,9 @@ impl PeerTypes {
     /// Counts one SEND of the type at `index`.
     pub fn inc(&mut self, what: SendCount, index: usize) {
         let (cells, family) = match what {
-            SendCount::Received => (&mut self.received, &self.m.sends_received),
-            SendCount::Published => (&mut self.published, &self.m.sends_published),
-            SendCount::Refused => (&mut self.refused, &self.m.sends_refused),
+            SendCount::Received => (&mut self.received, &self.m.server.sends_received),
+            SendCount::Published => (&mut self.published, &self.m.server.sends_published),
+            SendCount::Refused => (&mut self.refused, &self.m.server.sends_refused),
         };
         let Some(cell) = cells.get_mut(index) else {
             return;
@@ -347,7 +405,7 @@ impl InFlight {
     pub fn start() -> InFlight {
         match get() {
             Some(m) => {
-                m.confirms_pending.inc();
+                m.confirms.pending.inc();
                 InFlight(Some(Instant::now()))
             }
             None => InFlight(None),
@@ -357,7 +415,7 @@ impl InFlight {
     /// RabbitMQ confirmed the publish.
     pub fn confirmed(self) {
         if let (Some(m), Some(started)) = (get(), self.0) {
-            m.confirm_seconds.observe(started.elapsed().as_secs_f64());
+            m.confirms.seconds.observe(started.elapsed().as_secs_f64());
         }
     }
 }
@@ -365,7 +423,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if let (Some(m), Some(_)) = (get(), self.0) {
-            m.confirms_pending.dec();
+            m.confirms.pending.dec();
         }
     }
 }
@@ -389,7 +447,7 @@ pub fn handshake_reason(e: &std::io::Error) -> &'static str {
 /// Counts a failed handshake (`timeout`, or the reason of `e`).
 pub fn handshake_failed(reason: &'static str) {
     if let Some(m) = get() {
-        m.handshake_failures.with_label_values(&[reason]).inc();
+        m.server.handshake_failures.with_label_values(&[reason]).inc();
     }
 }
 
@@ -473,13 +531,13 @@ impl Drop for Raised {
 
 /// An open server connection of `peer`, counted while it lives.
 pub fn server_connection(peer: &str) -> Raised {
-    Raised::new(get().map(|m| m.server_connections.with_label_values(&[peer])))
+    Raised::new(get().map(|m| m.server.connections.with_label_values(&[peer])))
 }
 
 /// Counts a connection refused after its handshake.
 pub fn connection_refused(reason: &'static str) {
     if let Some(m) = get() {
-        m.connections_refused.with_label_values(&[reason]).inc();
+        m.server.connections_refused.with_label_values(&[reason]).inc();
     }
 }
 
@@ -509,16 +567,19 @@ mod tests {
         let (consumed, replied) = m.drainer("1234abcd", "q");
         consumed.inc();
         replied.inc();
-        m.handshake_failures.with_label_values(&["timeout"]).inc();
-        m.connections_refused.with_label_values(&["unknown_peer"]).inc();
-        m.server_connections.with_label_values(&["1234abcd"]).inc();
+        m.server.handshake_failures.with_label_values(&["timeout"]).inc();
+        m.server
+            .connections_refused
+            .with_label_values(&["unknown_peer"])
+            .inc();
+        m.server.connections.with_label_values(&["1234abcd"]).inc();
         m.not_after
             .lock()
             .unwrap()
             .peers
             .push(("1234abcd".into(), "root", unix_now() + 100));
         m.not_after.lock().unwrap().own = Some(unix_now() + 50);
-        m.confirm_seconds.observe(0.002);
+        m.confirms.seconds.observe(0.002);
         let page = m.render();
         assert!(
             page.contains("swpt_server_sends_refused_total{peer=\"1234abcd\",type=\"other\"} 1"),

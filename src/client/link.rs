@@ -30,10 +30,6 @@ use tokio_util::codec::Framed;
 
 type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
 
-/// How many bytes of SENDs a burst gathers before they are written: a TLS
-/// record's worth (16 KiB of plaintext at most).
-const WRITE_BATCH: usize = 16 * 1024;
-
 /// What one connection of a link works with.
 pub(super) struct Context<'a> {
     pub s: &'a ClientSettings,
@@ -376,14 +372,7 @@ async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> R
         .map_err(|_| format!("TLS handshake with {addr} timed out"))?
         .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
     tracing::info!("connected to {addr}");
-    // Small buffers to start with (they grow under load): a --links
-    // client holds many mostly idle connections. Writes still wait for a
-    // TLS record's worth of SENDs (or the end of a burst, which flushes):
-    // `with_capacity` would otherwise flush at every 1 KiB, a write per
-    // two SENDs.
-    let mut conn = Framed::with_capacity(tls, StompCodec::default(), 1024);
-    conn.set_backpressure_boundary(WRITE_BATCH);
-    Ok(conn)
+    Ok(crate::session::framed(tls))
 }
 
 /// Sends STOMP and waits for CONNECTED; returns the negotiated heart-beats.

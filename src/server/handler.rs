@@ -22,10 +22,6 @@ use tracing::Instrument;
 /// A peer's connection, framed.
 pub(super) type Conn = Framed<TlsStream<TcpStream>, StompCodec>;
 
-/// The initial read and write buffers of a connection. Small, since a
-/// server holds many mostly idle connections; they grow under load.
-const FRAMED_CAPACITY: usize = 1024;
-
 /// Runs one connection to its end.
 pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: SocketAddr, shutdown: Shutdown) {
     let Some(tls) = accept(&ctx, stream, addr).await else {
@@ -37,7 +33,7 @@ pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: Soc
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.to_vec());
-    let mut conn = Framed::with_capacity(tls, StompCodec::default(), FRAMED_CAPACITY);
+    let mut conn = crate::session::framed(tls);
     let peer_id = match peer_cert.as_deref().map(peer_node_id) {
         Some(Ok(id)) => id,
         _ => return refuse(&mut conn, "invalid_subject", "Invalid certificate subject.").await,

@@ -1,6 +1,7 @@
 //! What both STOMP sides share (SPEC section 5), below the server's and
 //! the client's session loops:
 //!
+//! - [`framed`]: a STOMP connection's buffers and when it writes;
 //! - [`Timing`]: the timing constants and heart-beat negotiation;
 //! - [`frames`]: incoming frames parsed once into typed commands, and the
 //!   outgoing frames, where every protocol text lives;
@@ -16,7 +17,29 @@ pub use batch::Batch;
 pub use liveness::{Due, Liveness};
 
 use std::time::Duration;
+use stomp_codec::StompCodec;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
+use tokio_util::codec::Framed;
+
+/// The buffers a STOMP connection starts with: small, since a server (or
+/// a `--links` client) holds many mostly idle connections; they grow
+/// under load.
+const START_CAPACITY: usize = 1024;
+
+/// How many bytes of frames gather before they are written without a
+/// flush: a TLS record's worth (16 KiB of plaintext at most). A burst of
+/// SENDs ends with a flush anyway.
+const WRITE_BATCH: usize = 16 * 1024;
+
+/// A STOMP connection over `io`, on both sides. (`Framed::with_capacity`
+/// alone would also write at every [`START_CAPACITY`] bytes: a write per
+/// two SENDs.)
+pub fn framed<T: AsyncRead + AsyncWrite>(io: T) -> Framed<T, StompCodec> {
+    let mut conn = Framed::with_capacity(io, StompCodec::default(), START_CAPACITY);
+    conn.set_backpressure_boundary(WRITE_BATCH);
+    conn
+}
 
 /// Resolves at `deadline`; never without one. Cancel-safe.
 pub async fn until(deadline: Option<Instant>) {
@@ -87,6 +110,28 @@ pub fn parse_heartbeat(value: Option<&str>) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_burst_is_written_at_its_flush_not_every_kilobyte() {
+        use futures::{FutureExt, SinkExt};
+        use tokio::io::AsyncReadExt;
+        let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let mut conn = framed(ours);
+        // Ten SENDs of ~600 bytes: past the starting capacity, short of a
+        // TLS record.
+        for tag in 0..10 {
+            let frame = frames::send_frame("/exchange/smp", "AccountUpdate", tag, vec![b'x'; 600]);
+            conn.feed(frame).await.unwrap();
+        }
+        let mut buf = vec![0; 64 * 1024];
+        assert!(
+            theirs.read(&mut buf).now_or_never().is_none(),
+            "nothing written before the flush"
+        );
+        SinkExt::<stomp_codec::Frame>::flush(&mut conn).await.unwrap();
+        let n = theirs.read(&mut buf).await.unwrap();
+        assert!(n > 10 * 600, "the whole burst at once: {n} bytes");
+    }
 
     #[test]
     fn heartbeat_negotiation() {

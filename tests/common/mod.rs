@@ -279,37 +279,44 @@ pub fn unacked(vhost: &Vhost, queue: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Waits until nothing is left unacknowledged in `queue` (every delivery
-/// acked by its consumer); panics after `within`.
-pub async fn wait_for_acks(vhost: &Vhost, queue: &str, within: Duration) {
+/// Polls `probe` every 50 ms until it says `Ok`; panics with what it last
+/// said after `within`.
+pub async fn poll_until<F, Fut>(within: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let left = unacked(vhost, queue);
-        if left == 0 {
+        let Err(last) = probe().await else {
             return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "\"{queue}\" has {left} deliveries unacknowledged after {within:?}"
-        );
+        };
+        assert!(tokio::time::Instant::now() < deadline, "{last} after {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
+/// Waits until nothing is left unacknowledged in `queue` (every delivery
+/// acked by its consumer); panics after `within`.
+pub async fn wait_for_acks(vhost: &Vhost, queue: &str, within: Duration) {
+    poll_until(within, || async move {
+        match unacked(vhost, queue) {
+            0 => Ok(()),
+            left => Err(format!("\"{queue}\" has {left} deliveries unacknowledged")),
+        }
+    })
+    .await
+}
+
 /// Waits until `queue` holds exactly `n` messages; panics after `within`.
 pub async fn wait_for_count(ch: &Channel, queue: &str, n: u32, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let count = message_count(ch, queue).await;
-        if count == n {
-            return;
+    poll_until(within, || async move {
+        match message_count(ch, queue).await {
+            count if count == n => Ok(()),
+            count => Err(format!("\"{queue}\" holds {count} messages, not {n},")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "\"{queue}\" holds {count} messages, not {n}, after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Collects `n` deliveries from `queue` (auto-acked), or panics after

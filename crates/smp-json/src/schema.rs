@@ -475,13 +475,9 @@ impl Message {
         let mut ts_micros = 0;
         let slots = read.slots.iter_mut();
         for (&(name, kind), slot) in groups.iter().flat_map(|g| g.iter()).zip(slots) {
-            let value = slot.take().ok_or(SchemaError::Missing(name))?;
-            if !check(&value, kind) {
-                return Err(SchemaError::Invalid(name));
-            }
-            let value = match (kind, value) {
-                // Written back as floats, as the Python gateway does.
-                (Kind::Float(..), Value::Number(n)) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
+            let value = match (kind, slot.take().ok_or(SchemaError::Missing(name))?) {
+                // Parsed once: the parse is the check, and gives the
+                // normalized form.
                 (Kind::Timestamp, Value::String(s)) => {
                     let parsed = Timestamp::parse(&s).ok_or(SchemaError::Invalid(name))?;
                     if name == "ts" {
@@ -489,6 +485,9 @@ impl Message {
                     }
                     Value::String(parsed.to_iso())
                 }
+                (kind, value) if !check(&value, kind) => return Err(SchemaError::Invalid(name)),
+                // Written back as floats, as the Python gateway does.
+                (Kind::Float(..), Value::Number(n)) => n.as_f64().map(Value::from).unwrap_or(Value::Null),
                 (_, v) => v,
             };
             fields.push((name, value));
