@@ -59,49 +59,75 @@ impl BrokerSettings {
     }
 }
 
-/// The connection arguments of an `amqp[s]://user:pass@host:port/vhost`
-/// URL (user, password and vhost percent-decoded; the vhost defaults to
-/// `/`).
+/// Where one broker URL points: host, port, TLS or not, the credentials
+/// and the vhost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub user: String,
+    pub password: String,
+    pub vhost: String,
+}
+
+impl Endpoint {
+    /// Parses `amqp[s]://user:pass@host:port/vhost` (user, password and
+    /// vhost percent-decoded; guest/guest and the vhost `/` by default).
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
+        let (port, tls) = match parsed.scheme() {
+            "amqp" => (parsed.port().unwrap_or(5672), false),
+            "amqps" => (parsed.port().unwrap_or(5671), true),
+            other => {
+                return Err(format!(
+                    "unsupported scheme \"{other}\" (amqp:// or amqps:// expected)"
+                ))
+            }
+        };
+        let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| format!("invalid percent-encoding in \"{}\"", redact_url(url)))
+        };
+        let user = match parsed.username() {
+            "" => "guest".to_string(),
+            u => decode(u)?,
+        };
+        let password = match parsed.password() {
+            None => "guest".to_string(),
+            Some(p) => decode(p)?,
+        };
+        let vhost = match parsed.path().strip_prefix('/').unwrap_or("") {
+            "" => "/".to_string(),
+            v => decode(v)?,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        Ok(Endpoint {
+            host,
+            port,
+            tls,
+            user,
+            password,
+            vhost,
+        })
+    }
+}
+
+/// The amqprs connection arguments of a broker URL.
 fn open_arguments(url: &str, ca_file: Option<&Path>) -> Result<OpenConnectionArguments, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("invalid URL: {e}"))?;
-    let (port, tls) = match parsed.scheme() {
-        "amqp" => (parsed.port().unwrap_or(5672), false),
-        "amqps" => (parsed.port().unwrap_or(5671), true),
-        other => {
-            return Err(format!(
-                "unsupported scheme \"{other}\" (amqp:// or amqps:// expected)"
-            ))
-        }
-    };
-    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or("no host")?;
-    let decode = |s: &str| {
-        percent_decode(s).ok_or_else(|| format!("invalid percent-encoding in \"{}\"", redact_url(url)))
-    };
-    let user = match parsed.username() {
-        "" => "guest".to_string(),
-        u => decode(u)?,
-    };
-    let password = match parsed.password() {
-        None => "guest".to_string(),
-        Some(p) => decode(p)?,
-    };
-    let vhost = match parsed.path().strip_prefix('/').unwrap_or("") {
-        "" => "/".to_string(),
-        v => decode(v)?,
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let mut args = OpenConnectionArguments::new(host, port, &user, &password);
-    args.virtual_host(&vhost).connection_name(&program_name());
-    if tls {
+    let e = Endpoint::parse(url)?;
+    let mut args = OpenConnectionArguments::new(&e.host, e.port, &e.user, &e.password);
+    args.virtual_host(&e.vhost).connection_name(&program_name());
+    if e.tls {
         args.scheme("amqps")
-            .tls_adaptor(crate::tls::adaptor(host, ca_file)?);
+            .tls_adaptor(crate::tls::adaptor(&e.host, ca_file)?);
     }
     Ok(args.finish())
 }
 
 /// The name our connections show in RabbitMQ (`connection_name`): the
 /// program's, so that an operator sees which process holds which.
-fn program_name() -> String {
+pub(crate) fn program_name() -> String {
     std::env::args()
         .next()
         .as_deref()
@@ -139,6 +165,26 @@ pub async fn connect(broker: &BrokerSettings) -> Result<Connection, BridgeError>
 /// Like [`connect`], trying the URLs from the `start`th (modulo their
 /// number); also returns which one answered.
 async fn connect_from(broker: &BrokerSettings, start: usize) -> Result<(Connection, usize), BridgeError> {
+    try_urls(
+        broker,
+        start,
+        |url| async move { connect_one(&url, broker).await },
+    )
+    .await
+}
+
+/// Opens something with `open` on one of the broker's URLs, tried in turn
+/// from the `start`th (modulo their number); returns it and which URL
+/// answered, or every URL's failure.
+pub(crate) async fn try_urls<T, F, Fut>(
+    broker: &BrokerSettings,
+    start: usize,
+    open: F,
+) -> Result<(T, usize), BridgeError>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<T, BridgeError>>,
+{
     let urls = broker.urls();
     if urls.is_empty() {
         return Err(BridgeError::Connect {
@@ -149,8 +195,8 @@ async fn connect_from(broker: &BrokerSettings, start: usize) -> Result<(Connecti
     let mut failures = Vec::new();
     for i in 0..urls.len() {
         let at = (start + i) % urls.len();
-        match connect_one(urls[at], broker).await {
-            Ok(conn) => return Ok((conn, at)),
+        match open(urls[at].to_string()).await {
+            Ok(opened) => return Ok((opened, at)),
             Err(e) if urls.len() == 1 => return Err(e),
             Err(e) => {
                 tracing::warn!("{e}; trying the next broker URL");
@@ -287,6 +333,17 @@ impl SharedConnection {
         };
         *guard = Some(live.clone());
         Ok(live)
+    }
+
+    /// How to reach the broker.
+    pub(crate) fn broker(&self) -> &BrokerSettings {
+        &self.broker
+    }
+
+    /// Which of the broker's URLs the live connection uses (opening it if
+    /// needed): a process's other connections go to the same node.
+    pub(crate) async fn url_index(&self) -> Result<usize, BridgeError> {
+        Ok(self.live().await?.url_index)
     }
 
     /// A new channel on the live connection, watched (see [`Opened`]).

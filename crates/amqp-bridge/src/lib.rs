@@ -1,31 +1,32 @@
-//! The RabbitMQ side of the gateway, on amqprs.
+//! The RabbitMQ side of the gateway.
 //!
 //! This crate owns everything AMQP: the process-wide [`SharedConnection`]
-//! that reconnects by itself ([`connection`]), the confirmed [`Publisher`]
-//! the server and the drainer publish with (mandatory, persistent, with the
-//! headers of SPEC section 7 in the smallest integer types; [`publisher`]),
-//! the [`Consumer`] the client and the drainer read their queue with
-//! (prefetch, cumulative acks, reject to the dead-letter queue;
+//! that reconnects by itself ([`connection`], on amqprs), the confirmed
+//! [`Publisher`] the server and the drainer publish with (mandatory,
+//! persistent, with the headers of SPEC section 7 in the smallest integer
+//! types; [`publisher`], on a connection and frames of its own, see
+//! `wire`), the [`Consumer`] the client and the drainer read their queue
+//! with (prefetch, cumulative acks, reject to the dead-letter queue;
 //! [`consumer`]), and the `configure-queue` [`topology`] of SPEC section 8.
 //! It knows nothing of STOMP or SMP.
 //!
-//! amqprs runs on the caller's tokio runtime: a publish or an ack is a
-//! frame queued for the connection's writer task, and confirmations come
-//! back through a channel callback on the same runtime, without a thread
-//! hand-off.
+//! Everything runs on the caller's tokio runtime, without a thread
+//! hand-off: amqprs queues a frame for its connection's writer task, and
+//! the publisher encodes its publishes into an outbox that its writer task
+//! sends a burst at a time.
 
 pub mod connection;
 pub mod consumer;
 pub mod publisher;
 mod tls;
 pub mod topology;
+mod wire;
 
 pub use connection::{connect, redact_url, BrokerSettings, SharedConnection};
 pub use consumer::{check_queue, Consumer, InMessage};
 pub use publisher::{PendingConfirm, Publisher, SharedPublisher};
 pub use topology::check_exchange;
 
-use amqprs::{BasicProperties, FieldTable, FieldValue};
 use std::time::Duration;
 
 /// A broker failure.
@@ -59,8 +60,8 @@ impl From<amqprs::error::Error> for BridgeError {
     }
 }
 
-/// Checks a queue, exchange or routing key name before amqprs sees it
-/// (it panics on a name longer than an AMQP short string).
+/// Checks a queue, exchange or routing key name: at most an AMQP short
+/// string (amqprs panics on a longer one).
 pub(crate) fn checked_name(name: &str) -> Result<&str, BridgeError> {
     if name.len() <= 255 {
         Ok(name)
@@ -107,36 +108,6 @@ impl SmallestInt {
             SmallestInt::I64(i)
         }
     }
-
-    fn field_value(self) -> FieldValue {
-        match self {
-            SmallestInt::I8(v) => FieldValue::b(v),
-            SmallestInt::I16(v) => FieldValue::s(v),
-            SmallestInt::U16(v) => FieldValue::u(v),
-            SmallestInt::I32(v) => FieldValue::I(v),
-            SmallestInt::U32(v) => FieldValue::i(v),
-            SmallestInt::I64(v) => FieldValue::l(v),
-        }
-    }
-}
-
-/// An AMQP field table from the gateway's headers.
-pub fn headers_table(headers: &[(&'static str, HeaderValue)]) -> Result<FieldTable, BridgeError> {
-    let mut table = FieldTable::new();
-    for (name, value) in headers {
-        let v = match value {
-            HeaderValue::Str(s) => {
-                FieldValue::S(s.as_str().try_into().map_err(|_| BridgeError::Name(s.clone()))?)
-            }
-            HeaderValue::Bool(b) => FieldValue::t(*b),
-            HeaderValue::Int(i) => SmallestInt::of(*i).field_value(),
-        };
-        let name = (*name)
-            .try_into()
-            .map_err(|_| BridgeError::Name(name.to_string()))?;
-        table.insert(name, v);
-    }
-    Ok(table)
 }
 
 /// What the gateway publishes.
@@ -147,22 +118,6 @@ pub struct OutMessage<'a> {
     pub msg_type: &'a str,
     pub body: &'a [u8],
     pub headers: Vec<(&'static str, HeaderValue)>,
-}
-
-impl OutMessage<'_> {
-    /// The AMQP properties the gateway publishes with: JSON content type,
-    /// the message type, persistent, `app_id` `swpt_stomp` and the headers.
-    pub fn properties(&self) -> Result<BasicProperties, BridgeError> {
-        // Set in place: the builder's `finish` would copy it, headers and all.
-        let mut props = BasicProperties::default();
-        props
-            .with_content_type("application/json")
-            .with_message_type(self.msg_type)
-            .with_delivery_mode(amqprs::DELIVERY_MODE_PERSISTENT)
-            .with_app_id("swpt_stomp")
-            .with_headers(headers_table(&self.headers)?);
-        Ok(props)
-    }
 }
 
 #[cfg(test)]

@@ -55,14 +55,19 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     Ok(store)
 }
 
-/// The TLS set-up of a connection to `host`.
-pub(crate) fn adaptor(host: &str, ca_file: Option<&Path>) -> Result<TlsAdaptor, String> {
+/// The TLS client set-up: rustls with ring, TLS 1.2 or 1.3, the roots of
+/// [`roots`], no client certificate.
+pub(crate) fn connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, String> {
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots(ca_file)?)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    Ok(TlsAdaptor::new(connector, host.to_string()))
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The amqprs TLS set-up of a connection to `host`.
+pub(crate) fn adaptor(host: &str, ca_file: Option<&Path>) -> Result<TlsAdaptor, String> {
+    Ok(TlsAdaptor::new(connector(ca_file)?, host.to_string()))
 }
