@@ -352,3 +352,71 @@ async fn several_urls_a_dead_first_one_and_failover_to_the_next() {
         "both reconnected through the other node"
     );
 }
+
+/// A TCP forwarder to the local broker that can be frozen: once the
+/// switch is set it stops passing bytes either way but keeps the sockets
+/// open (a broker node that hangs). Returns its port and the switch.
+async fn freezable_node() -> (u16, Arc<std::sync::atomic::AtomicBool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let switch = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                return;
+            };
+            let (cr, cw) = client.into_split();
+            let (br, bw) = broker.into_split();
+            for (mut from, mut to) in [(cr, bw), (br, cw)].map(|(r, w)| (Box::new(r), Box::new(w))) {
+                let frozen = frozen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let Ok(n) = from.read(&mut buf).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        while frozen.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (port, switch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_broker_fails_pending_publishes_by_the_confirmation_timeout() {
+    let vhost = Vhost::new("hung");
+    let (_c, ch) = channel(&vhost).await;
+    sink_queue(&ch, "ex", "sink").await;
+    let (port, frozen) = freezable_node().await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/{}", vhost.name);
+    let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
+    let mut publisher = Publisher::new(&shared, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
+    frozen.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let hung = tokio::time::timeout(Duration::from_secs(30), publish_many(&mut publisher, 50, "k")).await;
+    match hung {
+        Ok(Err(BridgeError::ConfirmTimeout(t))) => assert_eq!(t, Duration::from_secs(2)),
+        other => panic!("the confirmation timeout expected: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!publisher.usable());
+    // Closing a publisher on a hung connection does not hang either.
+    tokio::time::timeout(Duration::from_secs(10), publisher.close())
+        .await
+        .expect("close returns");
+}
