@@ -310,8 +310,11 @@ impl Publisher {
     /// (a few seconds at most) for RabbitMQ to acknowledge the close.
     pub async fn close(mut self) {
         self.link.close("the publisher was closed");
-        if let Some(reader) = self.reader.take() {
-            let _ = tokio::time::timeout(CLOSE_WAIT, reader).await;
+        if let Some(mut reader) = self.reader.take() {
+            if tokio::time::timeout(CLOSE_WAIT, &mut reader).await.is_err() {
+                // A broker that does not answer: drop the connection.
+                reader.abort();
+            }
         }
     }
 }
@@ -560,8 +563,10 @@ async fn read_loop(
     link: Arc<Link>,
     mut reader: FrameReader<Reader>,
     heartbeat: Duration,
-    mut writer: JoinHandle<()>,
+    writer: JoinHandle<()>,
 ) {
+    // The writer ends with the reader, even when the reader is aborted.
+    let mut writer = AbortOnDrop(writer);
     let silence = (!heartbeat.is_zero()).then(|| heartbeat * 2);
     let mut returning: Option<Returning> = None;
     let why = loop {
@@ -599,8 +604,15 @@ async fn read_loop(
     }
     link.wake_writer.notify_one();
     link.drained.notify_waiters();
-    if tokio::time::timeout(CLOSE_WAIT, &mut writer).await.is_err() {
-        writer.abort();
+    let _ = tokio::time::timeout(CLOSE_WAIT, &mut writer.0).await;
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

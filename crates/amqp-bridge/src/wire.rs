@@ -111,29 +111,20 @@ pub(crate) fn field(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
             long_str(out, s.as_bytes());
         }
         HeaderValue::Bool(b) => out.extend_from_slice(&[b't', u8::from(*b)]),
-        HeaderValue::Int(i) => match SmallestInt::of(*i) {
-            SmallestInt::I8(v) => out.extend_from_slice(&[b'b', v as u8]),
-            SmallestInt::I16(v) => {
-                out.push(b's');
-                out.extend_from_slice(&v.to_be_bytes());
+        HeaderValue::Int(i) => {
+            let mut typed = |letter: u8, bytes: &[u8]| {
+                out.push(letter);
+                out.extend_from_slice(bytes);
+            };
+            match SmallestInt::of(*i) {
+                SmallestInt::I8(v) => typed(b'b', &v.to_be_bytes()),
+                SmallestInt::I16(v) => typed(b's', &v.to_be_bytes()),
+                SmallestInt::U16(v) => typed(b'u', &v.to_be_bytes()),
+                SmallestInt::I32(v) => typed(b'I', &v.to_be_bytes()),
+                SmallestInt::U32(v) => typed(b'i', &v.to_be_bytes()),
+                SmallestInt::I64(v) => typed(b'l', &v.to_be_bytes()),
             }
-            SmallestInt::U16(v) => {
-                out.push(b'u');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            SmallestInt::I32(v) => {
-                out.push(b'I');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            SmallestInt::U32(v) => {
-                out.push(b'i');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-            SmallestInt::I64(v) => {
-                out.push(b'l');
-                out.extend_from_slice(&v.to_be_bytes());
-            }
-        },
+        }
     }
 }
 
