@@ -420,3 +420,35 @@ async fn a_hung_broker_fails_pending_publishes_by_the_confirmation_timeout() {
         .await
         .expect("close returns");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_an_idle_publisher_and_find_a_silent_broker() {
+    let vhost = Vhost::new("heartbeat");
+    let (_c, ch) = channel(&vhost).await;
+    sink_queue(&ch, "ex", "sink").await;
+    let (port, frozen) = freezable_node().await;
+    // A one-second heartbeat: RabbitMQ closes a connection that sends
+    // nothing for two intervals.
+    let url = format!("amqp://guest:guest@127.0.0.1:{port}/{}?heartbeat=1", vhost.name);
+    let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
+    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(publish_many(&mut publisher, 5, "k").await.unwrap().len(), 5);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        publisher.usable(),
+        "idle for four intervals, the connection is kept"
+    );
+    assert_eq!(publish_many(&mut publisher, 5, "k").await.unwrap().len(), 5);
+    // The broker goes silent, with nothing pending: the publisher finds
+    // out from the missing heartbeats, not at its next publish.
+    frozen.store(true, Ordering::SeqCst);
+    let publisher = &publisher;
+    poll_until(Duration::from_secs(6), || async move {
+        match publisher.usable() {
+            false => Ok(()),
+            true => Err("the publisher still takes a silent broker for alive".to_string()),
+        }
+    })
+    .await;
+    assert_eq!(message_count(&ch, "sink").await, 10);
+}

@@ -69,6 +69,10 @@ pub(crate) struct Endpoint {
     pub user: String,
     pub password: String,
     pub vhost: String,
+    /// The heartbeat interval in seconds asked for by the URL's
+    /// `heartbeat` query parameter (RabbitMQ's URI spec), if any;
+    /// otherwise the broker's proposal is taken.
+    pub heartbeat: Option<u16>,
 }
 
 impl Endpoint {
@@ -102,6 +106,15 @@ impl Endpoint {
             v => decode(v)?,
         };
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let heartbeat = match parsed.query_pairs().find(|(k, _)| k == "heartbeat") {
+            None => None,
+            Some((_, v)) => Some(v.parse::<u16>().map_err(|_| {
+                format!(
+                    "invalid heartbeat \"{v}\" (seconds, 0 to 65535) in \"{}\"",
+                    redact_url(url)
+                )
+            })?),
+        };
         Ok(Endpoint {
             host,
             port,
@@ -109,6 +122,7 @@ impl Endpoint {
             user,
             password,
             vhost,
+            heartbeat,
         })
     }
 }
@@ -118,6 +132,9 @@ fn open_arguments(url: &str, ca_file: Option<&Path>) -> Result<OpenConnectionArg
     let e = Endpoint::parse(url)?;
     let mut args = OpenConnectionArguments::new(&e.host, e.port, &e.user, &e.password);
     args.virtual_host(&e.vhost).connection_name(&program_name());
+    if let Some(seconds) = e.heartbeat {
+        args.heartbeat(seconds);
+    }
     if e.tls {
         args.scheme("amqps")
             .tls_adaptor(crate::tls::adaptor(&e.host, ca_file)?);
@@ -496,6 +513,13 @@ mod tests {
         let a = open_arguments("amqps://u:p@broker/v", None).unwrap();
         assert_eq!((a.get_port(), a.get_scheme()), (5671, Some("amqps")));
         assert!(a.get_tls_adaptor().is_some(), "amqps:// is TLS, never plain text");
+        assert_eq!(
+            Endpoint::parse("amqp://h/v?heartbeat=7").unwrap().heartbeat,
+            Some(7)
+        );
+        assert_eq!(Endpoint::parse("amqp://h/v").unwrap().heartbeat, None);
+        assert!(Endpoint::parse("amqp://u:pw@h/v?heartbeat=x")
+            .is_err_and(|e| e.contains("heartbeat") && !e.contains("pw")));
         let several = BrokerSettings::new(" amqp://a/v , amqps://b/v,", Duration::from_secs(1));
         assert_eq!(several.urls(), ["amqp://a/v", "amqps://b/v"]);
         let missing = open_arguments("amqps://u:p@broker/v", Some(Path::new("/nonexistent/ca.pem")));

@@ -395,7 +395,7 @@ async fn handshake(e: &Endpoint, broker: &BrokerSettings) -> io::Result<Opened> 
         0 => wire::FRAME_MAX,
         n => n.min(wire::FRAME_MAX),
     };
-    let heartbeat = a.u16()?;
+    let heartbeat = e.heartbeat.unwrap_or(a.u16()?);
     wire::method_frame(&mut out, 0, method::CONNECTION_TUNE_OK, |o| {
         o.extend_from_slice(&channel_max.to_be_bytes());
         o.extend_from_slice(&frame_max.to_be_bytes());
