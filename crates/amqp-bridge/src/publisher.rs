@@ -714,10 +714,11 @@ async fn watchdog(link: Weak<Link>, timeout: Duration) {
     }
 }
 
-/// One confirming channel for many publishing tasks (a server's
-/// sessions): RabbitMQ allows a connection 2,047 channels by default, and
-/// each channel costs memory on both sides. Opened at the first publish,
-/// and again after a failure.
+/// One publisher (one connection, one confirming channel) for many
+/// publishing tasks (a server's sessions): their publishes share the
+/// outbox, so a turn in which many sessions publish still ends in one
+/// write, and the broker keeps one connection, not one per session.
+/// Opened at the first publish, and again after a failure.
 pub struct SharedPublisher {
     conn: Arc<crate::SharedConnection>,
     confirm_timeout: Duration,
