@@ -11,9 +11,10 @@ use common::*;
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
 use lapin::types::{AMQPValue, ShortString};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const WINDOW: usize = 100;
 
@@ -277,29 +278,53 @@ async fn broker_restart_fails_the_stream_and_the_connection_recovers() {
     assert_eq!(publish_many(&mut publisher, 100, "k").await.unwrap().len(), 100);
 }
 
-/// A TCP forwarder to the local broker that can be cut: a stand-in for one
-/// node of a cluster. Returns its port, how many connections it took, and
-/// the switch that cuts them (and refuses new ones).
-async fn broker_node() -> (u16, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
+/// A TCP forwarder to the local broker: a stand-in for one node of a
+/// cluster, counting the connections it took. `cut` ends them (and refuses
+/// new ones); `frozen` stops it passing bytes either way while the sockets
+/// stay open (a node that hangs).
+struct Node {
+    port: u16,
+    taken: Arc<AtomicUsize>,
+    cut: Arc<tokio::sync::Notify>,
+    frozen: Arc<AtomicBool>,
+}
+
+/// Copies `from` to `to` until either ends, holding the bytes while
+/// `frozen` is set.
+async fn forward(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin, frozen: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        while frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn broker_node() -> Node {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (taken, cut) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let (count, stop) = (taken.clone(), cut.clone());
+    let node = Node {
+        port: listener.local_addr().unwrap().port(),
+        taken: Arc::new(AtomicUsize::new(0)),
+        cut: Arc::new(tokio::sync::Notify::new()),
+        frozen: Arc::new(AtomicBool::new(false)),
+    };
+    let (count, stop, frozen) = (node.taken.clone(), node.cut.clone(), node.frozen.clone());
     tokio::spawn(async move {
         let mut open = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((mut client, _)) = accepted else { return };
+                    let Ok((client, _)) = accepted else { return };
                     count.fetch_add(1, Ordering::SeqCst);
-                    open.spawn(async move {
-                        if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                        }
-                    });
+                    let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                        continue;
+                    };
+                    let ((cr, cw), (br, bw)) = (client.into_split(), broker.into_split());
+                    open.spawn(forward(cr, bw, frozen.clone()));
+                    open.spawn(forward(br, cw, frozen.clone()));
                 }
                 _ = stop.notified() => {
                     open.abort_all();
@@ -308,7 +333,7 @@ async fn broker_node() -> (u16, Arc<AtomicUsize>, Arc<tokio::sync::Notify>) {
             }
         }
     });
-    (port, taken, cut)
+    node
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,67 +354,28 @@ async fn several_urls_a_dead_first_one_and_failover_to_the_next() {
     }
     // Two nodes: the one in use goes away; the next connection goes to
     // the other.
-    let ((a, a_taken, a_cut), (b, b_taken, b_cut)) = (broker_node().await, broker_node().await);
-    let urls = format!("{},{}", url(a), url(b));
+    let (a, b) = (broker_node().await, broker_node().await);
+    let urls = format!("{},{}", url(a.port), url(b.port));
     let shared = SharedConnection::new(BrokerSettings::new(&urls, Duration::from_secs(5)));
     let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
     // The shared connection and the publishing one, both to one node.
-    let (first, other_taken) = match (a_taken.load(Ordering::SeqCst), b_taken.load(Ordering::SeqCst)) {
-        (2, 0) => (a_cut, b_taken),
-        (0, 2) => (b_cut, a_taken),
+    let (first, other) = match (a.taken.load(Ordering::SeqCst), b.taken.load(Ordering::SeqCst)) {
+        (2, 0) => (a, b),
+        (0, 2) => (b, a),
         other => panic!("two connections to one node expected: {other:?}"),
     };
-    first.notify_one();
+    first.cut.notify_one();
     // The connection is gone: what was pending fails, nothing hangs.
     let cut = tokio::time::timeout(Duration::from_secs(30), publish_many(&mut publisher, 1_000, "k")).await;
     assert!(matches!(cut, Ok(Err(_))), "publishing through a cut node fails");
     let mut publisher = publisher_again(&shared, "the other node takes over").await;
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
     assert_eq!(
-        other_taken.load(Ordering::SeqCst),
+        other.taken.load(Ordering::SeqCst),
         2,
         "both reconnected through the other node"
     );
-}
-
-/// A TCP forwarder to the local broker that can be frozen: once the
-/// switch is set it stops passing bytes either way but keeps the sockets
-/// open (a broker node that hangs). Returns its port and the switch.
-async fn freezable_node() -> (u16, Arc<std::sync::atomic::AtomicBool>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let switch = frozen.clone();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
-                return;
-            };
-            let (cr, cw) = client.into_split();
-            let (br, bw) = broker.into_split();
-            for (mut from, mut to) in [(cr, bw), (br, cw)].map(|(r, w)| (Box::new(r), Box::new(w))) {
-                let frozen = frozen.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let Ok(n) = from.read(&mut buf).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        while frozen.load(Ordering::SeqCst) {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        if to.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        }
-    });
-    (port, switch)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,12 +383,12 @@ async fn a_hung_broker_fails_pending_publishes_by_the_confirmation_timeout() {
     let vhost = Vhost::new("hung");
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
-    let (port, frozen) = freezable_node().await;
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/{}", vhost.name);
+    let node = broker_node().await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/{}", node.port, vhost.name);
     let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
     let mut publisher = Publisher::new(&shared, Duration::from_secs(2)).await.unwrap();
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
-    frozen.store(true, Ordering::SeqCst);
+    node.frozen.store(true, Ordering::SeqCst);
     let started = std::time::Instant::now();
     let hung = tokio::time::timeout(Duration::from_secs(30), publish_many(&mut publisher, 50, "k")).await;
     match hung {
@@ -426,10 +412,13 @@ async fn heartbeats_keep_an_idle_publisher_and_find_a_silent_broker() {
     let vhost = Vhost::new("heartbeat");
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
-    let (port, frozen) = freezable_node().await;
+    let node = broker_node().await;
     // A one-second heartbeat: RabbitMQ closes a connection that sends
     // nothing for two intervals.
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/{}?heartbeat=1", vhost.name);
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/{}?heartbeat=1",
+        node.port, vhost.name
+    );
     let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
     let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
     assert_eq!(publish_many(&mut publisher, 5, "k").await.unwrap().len(), 5);
@@ -441,7 +430,7 @@ async fn heartbeats_keep_an_idle_publisher_and_find_a_silent_broker() {
     assert_eq!(publish_many(&mut publisher, 5, "k").await.unwrap().len(), 5);
     // The broker goes silent, with nothing pending: the publisher finds
     // out from the missing heartbeats, not at its next publish.
-    frozen.store(true, Ordering::SeqCst);
+    node.frozen.store(true, Ordering::SeqCst);
     let publisher = &publisher;
     poll_until(Duration::from_secs(6), || async move {
         match publisher.usable() {

@@ -503,9 +503,7 @@ async fn write_loop(link: Arc<Link>, mut writer: Writer, heartbeat: Duration) {
                 (state.closed.is_some(), state.gone)
             };
             if !batch.is_empty() {
-                writer.write_all(&batch).await?;
-                writer.flush().await?;
-                batch.clear();
+                send(&mut writer, &mut batch).await?;
                 if batch.capacity() > OUTBOX_LIMIT {
                     batch = Vec::with_capacity(16 * 1024);
                 }
@@ -522,18 +520,14 @@ async fn write_loop(link: Arc<Link>, mut writer: Writer, heartbeat: Duration) {
                     wire::short_str(o, "Goodbye");
                     o.extend_from_slice(&[0; 4]);
                 });
-                writer.write_all(&batch).await?;
-                writer.flush().await?;
-                return Ok(());
+                return send(&mut writer, &mut batch).await;
             }
             let beat = last_write + heartbeat / 2;
             tokio::select! {
                 _ = link.wake_writer.notified() => {}
                 _ = tokio::time::sleep_until(beat), if !heartbeat.is_zero() => {
-                    let mut frame = Vec::with_capacity(8);
-                    wire::heartbeat(&mut frame);
-                    writer.write_all(&frame).await?;
-                    writer.flush().await?;
+                    wire::heartbeat(&mut batch);
+                    send(&mut writer, &mut batch).await?;
                     last_write = tokio::time::Instant::now();
                 }
             }
@@ -582,9 +576,10 @@ async fn read_loop(
         };
         let frame = match frame {
             Ok(frame) => frame,
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break BridgeError::ConnectionLost,
             Err(e) => {
-                tracing::warn!("reading from RabbitMQ failed: {e}");
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    tracing::warn!("reading from RabbitMQ failed: {e}");
+                }
                 break BridgeError::ConnectionLost;
             }
         };
@@ -735,7 +730,7 @@ impl SharedPublisher {
     }
 
     /// Publishes one message, as [`Publisher::publish`]; fails when no
-    /// channel can be opened.
+    /// publishing connection can be opened.
     pub async fn publish(&self, m: &OutMessage<'_>) -> Result<PendingConfirm, BridgeError> {
         let mut slot = self.publisher.lock().await;
         if !slot.as_ref().is_some_and(Publisher::usable) {
@@ -747,7 +742,7 @@ impl SharedPublisher {
         }
     }
 
-    /// Closes the channel, if open.
+    /// Closes the publishing connection, if open.
     pub async fn close(&self) {
         if let Some(p) = self.publisher.lock().await.take() {
             p.close().await;

@@ -22,7 +22,7 @@ pub(crate) const FRAME_BODY: u8 = 3;
 pub(crate) const FRAME_HEARTBEAT: u8 = 8;
 const FRAME_END: u8 = 0xCE;
 /// Type, channel, size and the end octet: what a frame adds to its payload.
-pub(crate) const FRAME_OVERHEAD: usize = 8;
+const FRAME_OVERHEAD: usize = 8;
 /// The frame size we ask for (RabbitMQ's default); the broker may lower it.
 pub(crate) const FRAME_MAX: u32 = 131_072;
 
@@ -200,7 +200,7 @@ impl Frame {
         }
         let p = &self.payload;
         let m = (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]));
-        Some((m, Args(&p[4..])))
+        Some((m, self.args()))
     }
 
     /// The arguments of a method frame.
@@ -278,7 +278,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-pub(crate) fn invalid(why: String) -> io::Error {
+fn invalid(why: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
