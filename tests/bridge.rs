@@ -441,3 +441,200 @@ async fn heartbeats_keep_an_idle_publisher_and_find_a_silent_broker() {
     .await;
     assert_eq!(message_count(&ch, "sink").await, 10);
 }
+
+/// Publishes to a queue by name through the default exchange, with the
+/// given properties.
+async fn put(ch: &lapin::Channel, queue: &str, props: lapin::BasicProperties, body: &[u8]) {
+    ch.basic_publish("", queue, Default::default(), body, props)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+async fn next_within(
+    consumer: &mut Consumer,
+    within: Duration,
+) -> Result<amqp_bridge::InMessage, BridgeError> {
+    tokio::time::timeout(within, consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("no delivery within {within:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_share_one_connection_a_channel_each() {
+    let vhost = Vhost::new("consumers");
+    let (_c, ch) = channel(&vhost).await;
+    declare_peer_queue(&ch, "qa").await;
+    declare_peer_queue(&ch, "qb").await;
+    let typed = lapin::BasicProperties::default()
+        .with_type("AccountPurge".into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id("m".into())
+        .with_timestamp(7)
+        .with_priority(1);
+    // A body split over three frames, an empty one, one without
+    // properties.
+    let large: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    put(&ch, "qa", typed.clone(), &large).await;
+    put(&ch, "qa", typed.clone(), b"").await;
+    put(&ch, "qa", lapin::BasicProperties::default(), b"{}").await;
+    for i in 0..5 {
+        put(&ch, "qb", typed.clone(), format!("{{\"b\":{i}}}").as_bytes()).await;
+    }
+    let node = broker_node().await;
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/{}", node.port, vhost.name);
+    let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
+    let mut a = Consumer::new(&shared, "qa", 10).await.unwrap();
+    let mut b = Consumer::new(&shared, "qb", 2).await.unwrap();
+
+    let m = next_within(&mut a, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (m.delivery_tag, m.msg_type.as_str(), m.content_type.as_str()),
+        (1, "AccountPurge", "application/json")
+    );
+    assert!(m.body == large, "the large body is joined back byte-exact");
+    let m = next_within(&mut a, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((m.delivery_tag, m.body.len()), (2, 0));
+    let m = next_within(&mut a, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        (m.msg_type.as_str(), m.content_type.as_str(), &m.body[..]),
+        ("", "", &b"{}"[..])
+    );
+    a.ack_up_to(3);
+
+    // A window of two: two deliveries, then nothing until an ack.
+    let first = next_within(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.body, b"{\"b\":0}");
+    let second = next_within(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), b.next())
+            .await
+            .is_err(),
+        "prefetch 2"
+    );
+    b.reject(second.delivery_tag);
+    b.ack_up_to(first.delivery_tag);
+    let third = next_within(&mut b, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(third.body, b"{\"b\":2}");
+    wait_for_count(&ch, "qb.XQ", 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        collect(&ch, "qb.XQ", 1, Duration::from_secs(5)).await[0].data,
+        b"{\"b\":1}"
+    );
+
+    // Closing one consumer leaves the other going; what b did not ack
+    // goes back to its queue.
+    b.close().await;
+    wait_for_count(&ch, "qb", 3, Duration::from_secs(10)).await;
+    wait_for_count(&ch, "qa", 0, Duration::from_secs(10)).await;
+    put(&ch, "qa", typed.clone(), b"{\"a\":4}").await;
+    let m = next_within(&mut a, Duration::from_secs(5)).await.unwrap();
+    assert_eq!((m.delivery_tag, &m.body[..]), (4, &b"{\"a\":4}"[..]));
+    a.ack_up_to(4);
+    // The checks' connection and the consumers' one; not one per consumer.
+    assert_eq!(node.taken.load(Ordering::SeqCst), 2);
+    a.close().await;
+    shared.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_on_a_closed_channel_never_reaches_its_next_user() {
+    let vhost = Vhost::new("reuse");
+    let (_c, ch) = channel(&vhost).await;
+    declare_peer_queue(&ch, "q").await;
+    let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(5)));
+    let mut old = Consumer::new(&shared, "q", 10).await.unwrap();
+    // An unknown delivery tag: RabbitMQ closes the channel (406).
+    old.ack_up_to(999);
+    match next_within(&mut old, Duration::from_secs(5)).await {
+        Err(BridgeError::Amqp(why)) => assert!(why.contains("406"), "{why}"),
+        other => panic!("the closed channel must fail the consumer: {other:?}"),
+    }
+    // The channel's number is free again: the new consumer gets it.
+    let mut new = Consumer::new(&shared, "q", 10).await.unwrap();
+    for i in 0..3 {
+        put(&ch, "q", Default::default(), format!("{i}").as_bytes()).await;
+    }
+    for tag in 1..=3 {
+        assert_eq!(
+            next_within(&mut new, Duration::from_secs(5))
+                .await
+                .unwrap()
+                .delivery_tag,
+            tag
+        );
+    }
+    // The old consumer's ack would ack the new one's deliveries.
+    old.ack_up_to(3);
+    old.reject(1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(unacked(&vhost, "q"), 3, "the old consumer's ack was sent");
+    new.ack_up_to(3);
+    wait_for_acks(&vhost, "q", Duration::from_secs(10)).await;
+    drop(old);
+    new.close().await;
+    shared.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_or_a_silent_broker_fails_the_consumer() {
+    let vhost = Vhost::new("consumer-end");
+    let (_c, ch) = channel(&vhost).await;
+    declare_peer_queue(&ch, "gone").await;
+    declare_peer_queue(&ch, "q").await;
+    let node = broker_node().await;
+    let url = format!(
+        "amqp://guest:guest@127.0.0.1:{}/{}?heartbeat=1",
+        node.port, vhost.name
+    );
+    let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
+    let mut deleted = Consumer::new(&shared, "gone", 10).await.unwrap();
+    let mut kept = Consumer::new(&shared, "q", 10).await.unwrap();
+    ch.queue_delete("gone", Default::default()).await.unwrap();
+    match next_within(&mut deleted, Duration::from_secs(5)).await {
+        Err(BridgeError::ConsumerClosed) => {}
+        other => panic!("a deleted queue must end its consumer: {other:?}"),
+    }
+    deleted.close().await;
+    put(&ch, "q", Default::default(), b"1").await;
+    assert_eq!(
+        next_within(&mut kept, Duration::from_secs(5)).await.unwrap().body,
+        b"1"
+    );
+    // The broker goes silent: the consumer learns it from the missing
+    // heartbeats, while it waits.
+    node.frozen.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    match next_within(&mut kept, Duration::from_secs(10)).await {
+        Err(BridgeError::ConnectionLost) => {}
+        other => panic!("a silent broker must fail the consumer: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Back: a new consumer gets the unacked delivery again.
+    node.frozen.store(false, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut again = loop {
+        match Consumer::new(&shared, "q", 10).await {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "no new consumer: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(
+        next_within(&mut again, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .body,
+        b"1"
+    );
+    again.close().await;
+    shared.close().await;
+}

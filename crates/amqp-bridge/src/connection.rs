@@ -257,9 +257,9 @@ struct Live {
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 /// One long-lived connection shared by a process, re-opened when it has
-/// gone away; hands out channels, each with a receiver that turns true
-/// when the connection under it is lost (amqprs does not fail what is
-/// pending on a dead connection by itself).
+/// gone away: the channels of checks and topology, the readiness probe,
+/// and the broker node that the process's connections of our own (the
+/// publisher's, the consumers') go to; it holds the consumers' one.
 pub struct SharedConnection {
     broker: BrokerSettings,
     live: Mutex<Option<Live>>,
@@ -269,6 +269,8 @@ pub struct SharedConnection {
     /// Set by [`SharedConnection::close`]: [`SharedConnection::keep_open`]
     /// stops.
     closed: AtomicBool,
+    /// The connection of our own that the process's consumers share.
+    pub(crate) consumers: crate::consumer::Consumers,
 }
 
 impl SharedConnection {
@@ -278,6 +280,7 @@ impl SharedConnection {
             live: Mutex::new(None),
             up: Arc::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
+            consumers: Default::default(),
         })
     }
 
@@ -383,6 +386,7 @@ impl SharedConnection {
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.up.store(0, Ordering::Relaxed);
+        self.consumers.close().await;
         if let Some(l) = self.live.lock().await.take() {
             let _ = l.conn.close().await;
         }
@@ -392,12 +396,10 @@ impl SharedConnection {
 /// Why RabbitMQ closed a channel: its reply code and text.
 pub(crate) type CloseReason = Arc<std::sync::Mutex<Option<(u16, String)>>>;
 
-/// A channel, the signal that its connection was lost, and why RabbitMQ
-/// closed it, if it did (amqprs reports a closed channel to the caller
+/// A channel, and why RabbitMQ closed it, if it did (amqprs reports a closed channel to the caller
 /// only as "channel closed"; the reason comes through the callback).
 pub(crate) struct Opened {
     pub channel: Channel,
-    pub lost: watch::Receiver<bool>,
     pub closed: CloseReason,
     /// Why RabbitMQ closed the channel's connection (a hard error such as
     /// an unknown exchange type closes the connection), if it did.
@@ -410,7 +412,6 @@ impl Opened {
         channel.register_callback(CloseWatch(closed.clone())).await?;
         Ok(Opened {
             channel,
-            lost: live.lost,
             closed,
             connection_closed: live.closed,
         })
@@ -491,7 +492,7 @@ impl ConnectionCallback for ConnectionWatch {
 }
 
 /// Resolves once `lost` turns true (or its sender is gone).
-pub(crate) async fn lost(mut lost: watch::Receiver<bool>) {
+async fn lost(mut lost: watch::Receiver<bool>) {
     let _ = lost.wait_for(|l| *l).await;
 }
 

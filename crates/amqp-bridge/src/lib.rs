@@ -1,22 +1,26 @@
 //! The RabbitMQ side of the gateway.
 //!
 //! This crate owns everything AMQP: the process-wide [`SharedConnection`]
-//! that reconnects by itself ([`connection`], on amqprs), the confirmed
-//! [`Publisher`] the server and the drainer publish with (mandatory,
-//! persistent, with the headers of SPEC section 7 in the smallest integer
-//! types; [`publisher`], on a connection and frames of its own, see
-//! `wire`), the [`Consumer`] the client and the drainer read their queue
-//! with (prefetch, cumulative acks, reject to the dead-letter queue;
-//! [`consumer`]), and the `configure-queue` [`topology`] of SPEC section 8.
-//! It knows nothing of STOMP or SMP.
+//! that reconnects by itself ([`connection`], on amqprs: checks, topology,
+//! readiness), the confirmed [`Publisher`] the server and the drainer
+//! publish with (mandatory, persistent, with the headers of SPEC section 7
+//! in the smallest integer types; [`publisher`]), the [`Consumer`] the
+//! client and the drainer read their queue with (prefetch, cumulative
+//! acks, reject to the dead-letter queue; [`consumer`]), and the
+//! `configure-queue` [`topology`] of SPEC section 8. It knows nothing of
+//! STOMP or SMP.
 //!
-//! Everything runs on the caller's tokio runtime, without a thread
-//! hand-off: amqprs queues a frame for its connection's writer task, and
-//! the publisher encodes its publishes into an outbox that its writer task
-//! sends a burst at a time.
+//! The data path, publishing and consuming, runs on AMQP connections of
+//! our own (`own`, with the frames in `wire`): a publisher's connection,
+//! and one that a process's consumers share, a channel each. Everything
+//! runs on the caller's tokio runtime, without a thread hand-off: frames
+//! are encoded into an outbox that a writer task sends a burst at a time,
+//! and a reader task hands confirmations and deliveries straight to the
+//! publisher's and the consumers' queues.
 
 pub mod connection;
 pub mod consumer;
+mod own;
 pub mod publisher;
 mod tls;
 pub mod topology;

@@ -27,17 +27,16 @@
 //! channel or connection closed by RabbitMQ, or a confirmation overdue
 //! fails everything pending, and the publisher with it.
 
-use crate::connection::{program_name, try_urls, Endpoint};
-use crate::wire::{self, method, Content, FrameReader};
-use crate::{checked_name, BridgeError, BrokerSettings, HeaderValue, OutMessage, SharedConnection};
+use crate::own::{self, ConnState, Out, CLOSE_WAIT, OUTBOX_LIMIT};
+use crate::wire::{self, method, Content};
+use crate::{checked_name, BridgeError, HeaderValue, OutMessage, SharedConnection};
 use futures::FutureExt;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A pending confirmation; await it to learn the message's fate.
@@ -45,15 +44,6 @@ pub type PendingConfirm = futures::future::BoxFuture<'static, Result<(), BridgeE
 
 /// The publishing channel's number.
 const CHANNEL: u16 = 1;
-
-/// Above this many unsent bytes, a publish waits for the writer.
-const OUTBOX_LIMIT: usize = 1024 * 1024;
-
-/// How long a closing publisher waits for RabbitMQ's `close-ok`.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// One unconfirmed publish.
 struct Unconfirmed {
@@ -90,12 +80,7 @@ struct State {
     /// The number the broker gives the next publish.
     next_seq: u64,
     pending: VecDeque<Unconfirmed>,
-    /// Why the publisher takes no more publishes, if it does not.
-    closed: Option<String>,
-    /// The connection is down: the reader has ended.
-    gone: bool,
-    /// Encoded frames not yet handed to the socket.
-    outbox: Vec<u8>,
+    out: Out,
     frame_max: usize,
 }
 
@@ -126,12 +111,18 @@ impl State {
             u.returned = Some((exchange, routing_key));
         }
     }
+}
+
+impl ConnState for State {
+    fn out(&mut self) -> &mut Out {
+        &mut self.out
+    }
 
     /// Fails everything pending, and the publisher: the connection is
     /// gone or no longer to be trusted.
     fn fail_all(&mut self, error: BridgeError) {
-        if self.closed.is_none() {
-            self.closed = Some(error.to_string());
+        if self.out.closed.is_none() {
+            self.out.closed = Some(error.to_string());
         }
         for u in self.pending.drain(..) {
             let _ = u.settle.send(Err(error.clone()));
@@ -139,38 +130,8 @@ impl State {
     }
 }
 
-/// The shared part of one publishing connection.
-struct Link {
-    state: Mutex<State>,
-    /// Something is in the outbox, or the publisher is closing.
-    wake_writer: Notify,
-    /// The writer emptied the outbox (publishers waiting for room).
-    drained: Notify,
-}
-
-impl Link {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Queues a frame of the link's own (a reply) for the writer.
-    fn send(&self, frame: impl FnOnce(&mut Vec<u8>)) {
-        frame(&mut self.state().outbox);
-        self.wake_writer.notify_one();
-    }
-
-    /// Takes no more publishes; the writer closes the connection once the
-    /// outbox is out.
-    fn close(&self, why: &str) {
-        let mut state = self.state();
-        if state.closed.is_none() {
-            state.closed = Some(why.to_string());
-        }
-        drop(state);
-        self.wake_writer.notify_one();
-        self.drained.notify_waiters();
-    }
-}
+/// The publishing connection.
+type Link = own::Conn<State>;
 
 /// A publisher with confirms on a connection of its own. One task
 /// publishes with it (the message numbers follow the call order); see
@@ -184,29 +145,20 @@ impl Publisher {
     /// Opens a publishing connection to the broker node `conn` is on, and
     /// a confirming channel on it.
     pub async fn new(conn: &SharedConnection, confirm_timeout: Duration) -> Result<Publisher, BridgeError> {
-        let start = conn.url_index().await?;
-        let broker = conn.broker();
-        let (opened, _) = try_urls(broker, start, |url| async move { open(&url, broker).await }).await?;
-        let Opened {
-            reader,
-            writer,
-            frame_max,
-            heartbeat,
-        } = opened;
-        let link = Arc::new(Link {
-            state: Mutex::new(State {
-                next_seq: 1,
-                pending: VecDeque::new(),
-                closed: None,
-                gone: false,
-                outbox: Vec::with_capacity(16 * 1024),
-                frame_max,
-            }),
-            wake_writer: Notify::new(),
-            drained: Notify::new(),
-        });
-        let writer = tokio::spawn(write_loop(link.clone(), writer, heartbeat));
-        let reader = tokio::spawn(read_loop(link.clone(), reader, heartbeat, writer));
+        let mut opened = own::open_near(conn).await?;
+        if let Err(e) = opened.open_channel(CHANNEL, true).await {
+            return Err(BridgeError::Amqp(format!(
+                "opening the publishing channel failed: {e}"
+            )));
+        }
+        let link = Arc::new(Link::new(State {
+            next_seq: 1,
+            pending: VecDeque::new(),
+            out: Out::new(),
+            frame_max: opened.frame_max,
+        }));
+        let mut returning = None;
+        let reader = opened.start(&link, move |link, frame| handle(link, &frame, &mut returning));
         tokio::spawn(watchdog(Arc::downgrade(&link), confirm_timeout));
         Ok(Publisher {
             link,
@@ -252,13 +204,13 @@ impl Publisher {
         let (settle, settled) = oneshot::channel();
         let (wake, full) = {
             let mut state = self.link.state();
-            if let Some(why) = &state.closed {
+            if let Some(why) = &state.out.closed {
                 return Err(BridgeError::Amqp(why.clone()));
             }
-            let wake = state.outbox.is_empty();
+            let wake = state.out.outbox.is_empty();
             let frame_max = state.frame_max;
             wire::publish(
-                &mut state.outbox,
+                &mut state.out.outbox,
                 CHANNEL,
                 exchange,
                 routing_key,
@@ -274,7 +226,7 @@ impl Publisher {
                 returned: None,
                 settle,
             });
-            (wake, state.outbox.len() > OUTBOX_LIMIT)
+            (wake, state.out.outbox.len() > OUTBOX_LIMIT)
         };
         if wake {
             self.link.wake_writer.notify_one();
@@ -291,7 +243,7 @@ impl Publisher {
             let drained = self.link.drained.notified();
             {
                 let state = self.link.state();
-                if state.outbox.len() <= OUTBOX_LIMIT || state.closed.is_some() {
+                if state.out.outbox.len() <= OUTBOX_LIMIT || state.out.closed.is_some() {
                     return;
                 }
             }
@@ -302,8 +254,7 @@ impl Publisher {
     /// Whether the publisher can still publish (its connection is up,
     /// nothing failed it).
     pub fn usable(&self) -> bool {
-        let state = self.link.state();
-        state.closed.is_none() && !state.gone
+        self.link.usable()
     }
 
     /// Closes the connection, once what was published is written; waits
@@ -325,290 +276,12 @@ impl Drop for Publisher {
     }
 }
 
-/// A publishing connection, open and tuned, with its confirming channel.
-struct Opened {
-    reader: FrameReader<Reader>,
-    writer: Writer,
-    frame_max: usize,
-    heartbeat: Duration,
-}
-
-/// Opens a publishing connection to `url`, within the settings' timeout.
-async fn open(url: &str, broker: &BrokerSettings) -> Result<Opened, BridgeError> {
-    let err = |reason: String| BridgeError::Connect {
-        url: crate::redact_url(url),
-        reason,
-    };
-    let endpoint = Endpoint::parse(url).map_err(err)?;
-    let timeout = broker.timeout;
-    match tokio::time::timeout(timeout, handshake(&endpoint, broker)).await {
-        Ok(Ok(opened)) => Ok(opened),
-        Ok(Err(reason)) => Err(err(reason.to_string())),
-        Err(_) => Err(err(format!("no answer within {timeout:?}"))),
-    }
-}
-
-/// Connects (TCP, and TLS for `amqps://`), then the AMQP handshake:
-/// protocol header, `start-ok` (PLAIN), `tune-ok`, `open`, `channel.open`
-/// and `confirm.select`.
-async fn handshake(e: &Endpoint, broker: &BrokerSettings) -> io::Result<Opened> {
-    let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port)).await?;
-    tcp.set_nodelay(true)?;
-    let (reader, mut writer): (Reader, Writer) = if e.tls {
-        let connector = crate::tls::connector(broker.ca_file.as_deref()).map_err(io::Error::other)?;
-        let name = rustls_pki_types::ServerName::try_from(e.host.clone())
-            .map_err(|err| io::Error::other(format!("invalid host name \"{}\": {err}", e.host)))?;
-        let tls = connector.connect(name, tcp).await?;
-        let (r, w) = tokio::io::split(tls);
-        (Box::new(r), Box::new(w))
-    } else {
-        let (r, w) = tcp.into_split();
-        (Box::new(r), Box::new(w))
-    };
-    let mut reader = FrameReader::new(reader);
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(wire::PROTOCOL_HEADER);
-    send(&mut writer, &mut out).await?;
-
-    let start = expect(&mut reader, method::CONNECTION_START).await?;
-    let mut a = start.args();
-    let (_major, _minor) = (a.u8()?, a.u8()?);
-    a.skip_table()?;
-    let mechanisms = a.long_str()?;
-    if !mechanisms.split(' ').any(|m| m == "PLAIN") {
-        return Err(io::Error::other(format!(
-            "the broker does not offer PLAIN authentication ({mechanisms})"
-        )));
-    }
-    wire::method_frame(&mut out, 0, method::CONNECTION_START_OK, |o| {
-        client_properties(o);
-        wire::short_str(o, "PLAIN");
-        wire::long_str(o, format!("\0{}\0{}", e.user, e.password).as_bytes());
-        wire::short_str(o, "en_US");
-    });
-    send(&mut writer, &mut out).await?;
-
-    let tune = expect(&mut reader, method::CONNECTION_TUNE).await?;
-    let mut a = tune.args();
-    let channel_max = a.u16()?;
-    let frame_max = match a.u32()? {
-        0 => wire::FRAME_MAX,
-        n => n.min(wire::FRAME_MAX),
-    };
-    let heartbeat = e.heartbeat.unwrap_or(a.u16()?);
-    wire::method_frame(&mut out, 0, method::CONNECTION_TUNE_OK, |o| {
-        o.extend_from_slice(&channel_max.to_be_bytes());
-        o.extend_from_slice(&frame_max.to_be_bytes());
-        o.extend_from_slice(&heartbeat.to_be_bytes());
-    });
-    wire::method_frame(&mut out, 0, method::CONNECTION_OPEN, |o| {
-        wire::short_str(o, &e.vhost);
-        wire::short_str(o, "");
-        o.push(0);
-    });
-    send(&mut writer, &mut out).await?;
-    reader.frame_max = frame_max as usize;
-    expect(&mut reader, method::CONNECTION_OPEN_OK).await?;
-
-    wire::method_frame(&mut out, CHANNEL, method::CHANNEL_OPEN, |o| {
-        wire::short_str(o, "")
-    });
-    send(&mut writer, &mut out).await?;
-    expect(&mut reader, method::CHANNEL_OPEN_OK).await?;
-    wire::method_frame(&mut out, CHANNEL, method::CONFIRM_SELECT, |o| o.push(0));
-    send(&mut writer, &mut out).await?;
-    expect(&mut reader, method::CONFIRM_SELECT_OK).await?;
-    Ok(Opened {
-        reader,
-        writer,
-        frame_max: frame_max as usize,
-        heartbeat: Duration::from_secs(heartbeat.into()),
-    })
-}
-
-/// The client properties of `start-ok`: who we are, and the capabilities
-/// RabbitMQ then uses (nacks, blocked notices, a clear error on a wrong
-/// password).
-fn client_properties(out: &mut Vec<u8>) {
-    let text = |s: &str| HeaderValue::Str(s.to_string());
-    wire::table(out, |o| {
-        wire::field(o, "product", &text("swpt-gateway"));
-        wire::field(o, "version", &text(env!("CARGO_PKG_VERSION")));
-        wire::field(o, "platform", &text("Rust"));
-        wire::field(o, "connection_name", &text(&program_name()));
-        wire::short_str(o, "capabilities");
-        o.push(b'F');
-        wire::table(o, |o| {
-            for c in [
-                "publisher_confirms",
-                "basic.nack",
-                "connection.blocked",
-                "authentication_failure_close",
-            ] {
-                wire::field(o, c, &HeaderValue::Bool(true));
-            }
-        });
-    });
-}
-
-/// Writes and empties `out`.
-async fn send(writer: &mut Writer, out: &mut Vec<u8>) -> io::Result<()> {
-    writer.write_all(out).await?;
-    writer.flush().await?;
-    out.clear();
-    Ok(())
-}
-
-/// The next method during the handshake, which must be `want`; a
-/// `connection.close` instead is RabbitMQ's refusal, with its reason.
-async fn expect(reader: &mut FrameReader<Reader>, want: (u16, u16)) -> io::Result<wire::Frame> {
-    loop {
-        let frame = reader.next().await.map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => {
-                io::Error::other("the broker closed the connection during the handshake")
-            }
-            _ => e,
-        })?;
-        if frame.kind == wire::FRAME_HEARTBEAT {
-            continue;
-        }
-        return match frame.method() {
-            Some((m, _)) if m == want => Ok(frame),
-            Some((method::CONNECTION_CLOSE, mut a)) | Some((method::CHANNEL_CLOSE, mut a)) => {
-                let (code, text) = (a.u16()?, a.short_str()?);
-                Err(io::Error::other(format!("{code} {text}")))
-            }
-            Some((m, _)) => Err(io::Error::other(format!(
-                "unexpected AMQP method {m:?} (expected {want:?})"
-            ))),
-            None => Err(io::Error::other(format!(
-                "unexpected AMQP frame of type {}",
-                frame.kind
-            ))),
-        };
-    }
-}
-
-/// Writes what is queued, a heartbeat when nothing was written for half
-/// the heartbeat interval, and `connection.close` once the publisher is
-/// closed and everything before it is out.
-async fn write_loop(link: Arc<Link>, mut writer: Writer, heartbeat: Duration) {
-    let mut batch = Vec::with_capacity(16 * 1024);
-    let mut last_write = tokio::time::Instant::now();
-    let result: io::Result<()> = async {
-        loop {
-            let (closing, gone) = {
-                let mut state = link.state();
-                std::mem::swap(&mut state.outbox, &mut batch);
-                (state.closed.is_some(), state.gone)
-            };
-            if !batch.is_empty() {
-                send(&mut writer, &mut batch).await?;
-                if batch.capacity() > OUTBOX_LIMIT {
-                    batch = Vec::with_capacity(16 * 1024);
-                }
-                last_write = tokio::time::Instant::now();
-                link.drained.notify_waiters();
-                continue;
-            }
-            if gone {
-                return Ok(());
-            }
-            if closing {
-                wire::method_frame(&mut batch, 0, method::CONNECTION_CLOSE, |o| {
-                    o.extend_from_slice(&200u16.to_be_bytes());
-                    wire::short_str(o, "Goodbye");
-                    o.extend_from_slice(&[0; 4]);
-                });
-                return send(&mut writer, &mut batch).await;
-            }
-            let beat = last_write + heartbeat / 2;
-            tokio::select! {
-                _ = link.wake_writer.notified() => {}
-                _ = tokio::time::sleep_until(beat), if !heartbeat.is_zero() => {
-                    wire::heartbeat(&mut batch);
-                    send(&mut writer, &mut batch).await?;
-                    last_write = tokio::time::Instant::now();
-                }
-            }
-        }
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!("writing to RabbitMQ failed: {e}");
-        link.state().fail_all(BridgeError::ConnectionLost);
-        link.drained.notify_waiters();
-    }
-}
-
 /// A `basic.return` whose content is still coming.
 struct Returning {
     exchange: String,
     routing_key: String,
     size: Option<u64>,
     body: Vec<u8>,
-}
-
-/// Reads what RabbitMQ sends: confirmations, returns, closes, heartbeats.
-/// Ends with the connection (a failure, a close, or silence longer than
-/// two heartbeat intervals), failing what is pending; then waits a little
-/// for the writer to send what is queued, and stops it.
-async fn read_loop(
-    link: Arc<Link>,
-    mut reader: FrameReader<Reader>,
-    heartbeat: Duration,
-    writer: JoinHandle<()>,
-) {
-    // The writer ends with the reader, even when the reader is aborted.
-    let mut writer = AbortOnDrop(writer);
-    let silence = (!heartbeat.is_zero()).then(|| heartbeat * 2);
-    let mut returning: Option<Returning> = None;
-    let why = loop {
-        let frame = match silence {
-            Some(limit) => match tokio::time::timeout(limit, reader.next()).await {
-                Ok(frame) => frame,
-                Err(_) => {
-                    tracing::warn!("RabbitMQ sent nothing for {limit:?}: the publishing connection is dead");
-                    break BridgeError::ConnectionLost;
-                }
-            },
-            None => reader.next().await,
-        };
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::UnexpectedEof {
-                    tracing::warn!("reading from RabbitMQ failed: {e}");
-                }
-                break BridgeError::ConnectionLost;
-            }
-        };
-        match handle(&link, &frame, &mut returning) {
-            Ok(None) => {}
-            Ok(Some(end)) => break end,
-            Err(e) => {
-                tracing::warn!("RabbitMQ sent a malformed frame: {e}");
-                break BridgeError::Amqp(format!("a malformed frame from RabbitMQ: {e}"));
-            }
-        }
-    };
-    {
-        let mut state = link.state();
-        state.fail_all(why);
-        state.gone = true;
-    }
-    link.wake_writer.notify_one();
-    link.drained.notify_waiters();
-    let _ = tokio::time::timeout(CLOSE_WAIT, &mut writer.0).await;
-}
-
-/// A task aborted when this is dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Handles one frame from RabbitMQ; returns why the connection ends, if
@@ -619,7 +292,6 @@ fn handle(
     returning: &mut Option<Returning>,
 ) -> io::Result<Option<BridgeError>> {
     match frame.kind {
-        wire::FRAME_HEARTBEAT => return Ok(None),
         wire::FRAME_HEADER | wire::FRAME_BODY => {
             let Some(r) = returning.as_mut() else {
                 return Ok(None);
@@ -641,6 +313,9 @@ fn handle(
     let Some((m, mut a)) = frame.method() else {
         return Ok(None);
     };
+    if let Some(end) = own::common(link, "publishing", frame.channel, m, frame.args())? {
+        return Ok(end);
+    }
     match m {
         method::BASIC_ACK | method::BASIC_NACK => {
             let (tag, bits) = (a.u64()?, a.u8()?);
@@ -664,23 +339,6 @@ fn handle(
             link.state().fail_all(why);
             link.close("the channel was closed");
         }
-        method::CONNECTION_CLOSE => {
-            let (code, text) = (a.u16()?, a.short_str()?);
-            tracing::warn!("RabbitMQ closed the publishing connection: {code} {text}");
-            link.send(|o| wire::method_frame(o, 0, method::CONNECTION_CLOSE_OK, |_| {}));
-            return Ok(Some(BridgeError::Amqp(format!(
-                "RabbitMQ closed the connection: {code} {text}"
-            ))));
-        }
-        method::CONNECTION_CLOSE_OK => return Ok(Some(BridgeError::ConnectionLost)),
-        method::CONNECTION_BLOCKED => {
-            tracing::warn!("RabbitMQ blocked the publishing connection: {}", a.short_str()?);
-        }
-        method::CONNECTION_UNBLOCKED => tracing::info!("RabbitMQ unblocked the publishing connection"),
-        method::CHANNEL_FLOW => {
-            let active = a.u8()?;
-            link.send(|o| wire::method_frame(o, frame.channel, method::CHANNEL_FLOW_OK, |o| o.push(active)));
-        }
         other => tracing::debug!("ignored AMQP method {other:?} on the publishing connection"),
     }
     Ok(None)
@@ -697,7 +355,7 @@ async fn watchdog(link: Weak<Link>, timeout: Duration) {
             return;
         };
         let mut state = link.state();
-        if state.closed.is_some() {
+        if state.out.closed.is_some() {
             return;
         }
         if state.pending.front().is_some_and(|u| u.sent.elapsed() > timeout) {

@@ -1,9 +1,11 @@
-//! The few AMQP 0-9-1 frames the publishing link speaks, encoded and
+//! The few AMQP 0-9-1 frames our own connections speak, encoded and
 //! decoded by hand: the connection handshake, `channel.open`,
 //! `confirm.select`, `basic.publish` with its content header and body,
 //! and what comes back (`basic.ack` / `nack` / `return`, closes,
-//! heartbeats). Everything is appended to one output buffer, so that a
-//! burst of publishes leaves in one write.
+//! heartbeats); for consuming, `queue.declare` (passive), `basic.qos`,
+//! `basic.consume`, `basic.ack` / `reject`, and the `basic.deliver` with
+//! its content header that come back. Everything is appended to one
+//! output buffer, so that a burst of frames leaves in one write.
 //!
 //! ```text
 //!  frame   = type:u8  channel:u16  size:u32  payload[size]  0xCE
@@ -46,7 +48,16 @@ pub(crate) mod method {
     pub const CHANNEL_CLOSE_OK: (u16, u16) = (20, 41);
     pub const CONFIRM_SELECT: (u16, u16) = (85, 10);
     pub const CONFIRM_SELECT_OK: (u16, u16) = (85, 11);
+    pub const QUEUE_DECLARE: (u16, u16) = (50, 10);
+    pub const QUEUE_DECLARE_OK: (u16, u16) = (50, 11);
+    pub const BASIC_QOS: (u16, u16) = (60, 10);
+    pub const BASIC_QOS_OK: (u16, u16) = (60, 11);
+    pub const BASIC_CONSUME: (u16, u16) = (60, 20);
+    pub const BASIC_CONSUME_OK: (u16, u16) = (60, 21);
+    pub const BASIC_CANCEL: (u16, u16) = (60, 30);
     pub const BASIC_PUBLISH: (u16, u16) = (60, 40);
+    pub const BASIC_DELIVER: (u16, u16) = (60, 60);
+    pub const BASIC_REJECT: (u16, u16) = (60, 90);
     pub const BASIC_RETURN: (u16, u16) = (60, 50);
     pub const BASIC_ACK: (u16, u16) = (60, 80);
     pub const BASIC_NACK: (u16, u16) = (60, 120);
@@ -74,6 +85,29 @@ pub(crate) fn method_frame(out: &mut Vec<u8>, channel: u16, m: (u16, u16), args:
     out.extend_from_slice(&m.1.to_be_bytes());
     args(out);
     end_frame(out, start);
+}
+
+/// `basic.ack` (`multiple`: every delivery up to `tag`) or, with
+/// `ack` false, `basic.reject` of one delivery without requeueing it.
+pub(crate) fn settle(out: &mut Vec<u8>, channel: u16, tag: u64, ack: bool) {
+    let m = if ack {
+        method::BASIC_ACK
+    } else {
+        method::BASIC_REJECT
+    };
+    method_frame(out, channel, m, |o| {
+        o.extend_from_slice(&tag.to_be_bytes());
+        o.push(u8::from(ack)); // multiple / requeue
+    });
+}
+
+/// `channel.close` by us: a normal close.
+pub(crate) fn channel_close(out: &mut Vec<u8>, channel: u16) {
+    method_frame(out, channel, method::CHANNEL_CLOSE, |o| {
+        o.extend_from_slice(&200u16.to_be_bytes());
+        short_str(o, "");
+        o.extend_from_slice(&[0; 4]);
+    });
 }
 
 pub(crate) fn heartbeat(out: &mut Vec<u8>) {
@@ -212,6 +246,44 @@ impl Frame {
     pub fn body_size(&self) -> Option<u64> {
         let size = self.payload.get(4..12)?;
         Some(u64::from_be_bytes(size.try_into().ok()?))
+    }
+
+    /// A content header frame's body size, `content_type` and `type`
+    /// (empty when absent); the properties before `type` are skipped.
+    pub fn content_header(&self) -> io::Result<(u64, String, String)> {
+        let mut a = Args(&self.payload);
+        let (_class, _weight, size) = (a.u16()?, a.u16()?, a.u64()?);
+        let flags = a.u16()?;
+        let mut more = flags;
+        while more & 1 == 1 {
+            more = a.u16()?; // further flag words: properties we never read
+        }
+        let has = |bit: u16| flags & bit != 0;
+        let text = |a: &mut Args, bit: u16| {
+            if has(bit) {
+                a.short_str()
+            } else {
+                Ok(String::new())
+            }
+        };
+        let content_type = text(&mut a, CONTENT_TYPE)?;
+        text(&mut a, 0x4000)?; // content_encoding
+        if has(HEADERS) {
+            a.skip_table()?;
+        }
+        for (bit, octets) in [(DELIVERY_MODE, 1), (0x0800, 1)] {
+            if has(bit) {
+                a.take(octets)?; // delivery_mode, priority
+            }
+        }
+        for bit in [0x0400, 0x0200, 0x0100, 0x0080] {
+            text(&mut a, bit)?; // correlation_id, reply_to, expiration, message_id
+        }
+        if has(0x0040) {
+            a.u64()?; // timestamp
+        }
+        let msg_type = text(&mut a, TYPE)?;
+        Ok((size, content_type, msg_type))
     }
 }
 
@@ -395,6 +467,44 @@ mod tests {
         let sizes: Vec<usize> = got[2..].iter().map(|f| f.payload.len()).collect();
         assert_eq!(sizes, [100, 100, 50]);
         assert!(got[2..].iter().all(|f| f.kind == FRAME_BODY));
+    }
+
+    #[test]
+    fn a_content_header_gives_its_size_content_type_and_type() {
+        let mut p = Vec::new();
+        p.extend_from_slice(&60u16.to_be_bytes());
+        p.extend_from_slice(&0u16.to_be_bytes());
+        p.extend_from_slice(&5u64.to_be_bytes());
+        // Every property up to `user_id`, each before `type` skipped.
+        p.extend_from_slice(&0xFFF0u16.to_be_bytes());
+        short_str(&mut p, "application/json");
+        short_str(&mut p, "gzip");
+        table(&mut p, |o| field(o, "h", &HeaderValue::Int(1)));
+        p.extend_from_slice(&[2, 9]);
+        for s in ["corr", "reply", "60000", "id"] {
+            short_str(&mut p, s);
+        }
+        p.extend_from_slice(&77u64.to_be_bytes());
+        short_str(&mut p, "AccountPurge");
+        short_str(&mut p, "guest");
+        let frame = |payload: Vec<u8>| Frame {
+            kind: FRAME_HEADER,
+            channel: 3,
+            payload,
+        };
+        let (size, content_type, msg_type) = frame(p.clone()).content_header().unwrap();
+        assert_eq!(
+            (size, content_type.as_str(), msg_type.as_str()),
+            (5, "application/json", "AccountPurge")
+        );
+        // Only `type`: the rest are absent.
+        let mut only = p[..12].to_vec();
+        only.extend_from_slice(&0x0020u16.to_be_bytes());
+        short_str(&mut only, "T");
+        let (_, content_type, msg_type) = frame(only).content_header().unwrap();
+        assert_eq!((content_type.as_str(), msg_type.as_str()), ("", "T"));
+        // Cut short: an error, not a panic.
+        assert!(frame(p[..p.len() - 20].to_vec()).content_header().is_err());
     }
 
     #[test]
