@@ -1,19 +1,19 @@
 //! The AMQP connection: broker URLs parsed and redacted, `amqps://` over
 //! rustls (the broker's certificate checked against the system's roots and
-//! an optional CA file; never a silent fallback to plain text), one
-//! connection per process shared by its channels and re-opened when it is
-//! lost.
+//! an optional CA file; never a silent fallback to plain text), and the
+//! [`SharedConnection`]: one connection per process (of our own, see
+//! `own`), shared by its channels (consumers, checks, the topology) and
+//! re-opened, on the next of the broker's URLs, when it is lost.
 
+use crate::channels::{self, Channel, ChannelConn};
+use crate::own::{self, CLOSE_WAIT};
 use crate::BridgeError;
-use amqprs::callbacks::{ChannelCallback, ConnectionCallback};
-use amqprs::channel::Channel;
-use amqprs::connection::{Connection, OpenConnectionArguments};
-use amqprs::{Ack, BasicProperties, Cancel, Close, CloseChannel, Nack, Return};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 
 /// Hides the password of an AMQP URL for logs.
 pub fn redact_url(url: &str) -> String {
@@ -127,21 +127,6 @@ impl Endpoint {
     }
 }
 
-/// The amqprs connection arguments of a broker URL.
-fn open_arguments(url: &str, ca_file: Option<&Path>) -> Result<OpenConnectionArguments, String> {
-    let e = Endpoint::parse(url)?;
-    let mut args = OpenConnectionArguments::new(&e.host, e.port, &e.user, &e.password);
-    args.virtual_host(&e.vhost).connection_name(&program_name());
-    if let Some(seconds) = e.heartbeat {
-        args.heartbeat(seconds);
-    }
-    if e.tls {
-        args.scheme("amqps")
-            .tls_adaptor(crate::tls::adaptor(&e.host, ca_file)?);
-    }
-    Ok(args.finish())
-}
-
 /// The name our connections show in RabbitMQ (`connection_name`): the
 /// program's, so that an operator sees which process holds which.
 pub(crate) fn program_name() -> String {
@@ -171,23 +156,14 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Opens one AMQP connection, on the caller's tokio runtime, to one of the
-/// broker's URLs: tried in turn from a random one, each within the
-/// settings' timeout.
-pub async fn connect(broker: &BrokerSettings) -> Result<Connection, BridgeError> {
-    let start = rand::random::<usize>();
-    connect_from(broker, start).await.map(|(conn, _)| conn)
-}
-
-/// Like [`connect`], trying the URLs from the `start`th (modulo their
-/// number); also returns which one answered.
-async fn connect_from(broker: &BrokerSettings, start: usize) -> Result<(Connection, usize), BridgeError> {
-    try_urls(
-        broker,
-        start,
-        |url| async move { connect_one(&url, broker).await },
-    )
-    .await
+/// Opens a connection to one of the broker's URLs (tried in turn from a
+/// random one, each within the settings' timeout) and closes it again:
+/// whether the broker takes connections.
+pub async fn connect(broker: &BrokerSettings) -> Result<(), BridgeError> {
+    let shared = SharedConnection::new(broker.clone());
+    let opened = shared.live().await.map(|_| ());
+    shared.close().await;
+    opened
 }
 
 /// Opens something with `open` on one of the broker's URLs, tried in turn
@@ -228,27 +204,10 @@ where
     })
 }
 
-async fn connect_one(url: &str, broker: &BrokerSettings) -> Result<Connection, BridgeError> {
-    let err = |reason: String| BridgeError::Connect {
-        url: redact_url(url),
-        reason,
-    };
-    let args = open_arguments(url, broker.ca_file.as_deref()).map_err(err)?;
-    let timeout = broker.timeout;
-    match tokio::time::timeout(timeout, Connection::open(&args)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(err(e.to_string())),
-        Err(_) => Err(err(format!("no answer within {timeout:?}"))),
-    }
-}
-
-/// A live connection and the signal that it was lost.
-#[derive(Clone)]
+/// The live connection.
 struct Live {
-    conn: Connection,
-    lost: watch::Receiver<bool>,
-    /// Why RabbitMQ closed the connection, if it did.
-    closed: CloseReason,
+    conn: Arc<ChannelConn>,
+    reader: JoinHandle<()>,
     /// Which of the broker's URLs it is connected to.
     url_index: usize,
 }
@@ -257,9 +216,9 @@ struct Live {
 static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
 
 /// One long-lived connection shared by a process, re-opened when it has
-/// gone away: the channels of checks and topology, the readiness probe,
-/// and the broker node that the process's connections of our own (the
-/// publisher's, the consumers') go to; it holds the consumers' one.
+/// gone away: the channels of the consumers, the checks and the topology,
+/// the readiness probe, and the broker node that the publisher's
+/// connection goes to.
 pub struct SharedConnection {
     broker: BrokerSettings,
     live: Mutex<Option<Live>>,
@@ -269,8 +228,6 @@ pub struct SharedConnection {
     /// Set by [`SharedConnection::close`]: [`SharedConnection::keep_open`]
     /// stops.
     closed: AtomicBool,
-    /// The connection of our own that the process's consumers share.
-    pub(crate) consumers: crate::consumer::Consumers,
 }
 
 impl SharedConnection {
@@ -280,7 +237,6 @@ impl SharedConnection {
             live: Mutex::new(None),
             up: Arc::new(AtomicU64::new(0)),
             closed: AtomicBool::new(false),
-            consumers: Default::default(),
         })
     }
 
@@ -291,9 +247,7 @@ impl SharedConnection {
             return false;
         }
         match self.live.try_lock() {
-            Ok(live) => live
-                .as_ref()
-                .is_some_and(|l| l.conn.is_open() && !*l.lost.borrow()),
+            Ok(live) => live.as_ref().is_some_and(|l| l.conn.usable()),
             // Someone is using it or reconnecting: the flag says.
             Err(_) => true,
         }
@@ -308,7 +262,7 @@ impl SharedConnection {
         tokio::spawn(async move {
             while !this.closed.load(Ordering::Relaxed) {
                 match this.live().await {
-                    Ok(live) => lost(live.lost.clone()).await,
+                    Ok((conn, _)) => conn.gone().await,
                     Err(e) => {
                         tracing::warn!("{e}");
                         tokio::time::sleep(pause).await;
@@ -318,41 +272,37 @@ impl SharedConnection {
         });
     }
 
-    /// The live connection, opened (again) if needed: the first time to a
-    /// random one of the broker's URLs, after a loss to the next one.
-    async fn live(&self) -> Result<Live, BridgeError> {
+    /// The live connection and the index of its URL, opened (again) if
+    /// needed: the first time to a random one of the broker's URLs, after
+    /// a loss to the next one.
+    async fn live(&self) -> Result<(Arc<ChannelConn>, usize), BridgeError> {
         let mut guard = self.live.lock().await;
         let start = match guard.as_ref() {
-            Some(l) if l.conn.is_open() && !*l.lost.borrow() => return Ok(l.clone()),
+            Some(l) if l.conn.usable() => return Ok((l.conn.clone(), l.url_index)),
             Some(l) => {
                 tracing::warn!("the RabbitMQ connection was lost; reconnecting");
                 l.url_index + 1
             }
             None => rand::random::<usize>(),
         };
-        let (conn, url_index) = connect_from(&self.broker, start).await?;
-        let (tx, lost) = watch::channel(false);
-        let watched = conn.clone();
-        let up = self.up.clone();
+        let broker = &self.broker;
+        let (opened, url_index) =
+            try_urls(broker, start, |url| async move { own::open(&url, broker).await }).await?;
+        let (conn, reader) = channels::start(opened);
         let number = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
-        up.store(number, Ordering::Relaxed);
+        self.up.store(number, Ordering::Relaxed);
+        let (watched, up) = (conn.clone(), self.up.clone());
         tokio::spawn(async move {
-            // Resolves when the connection ends, by a failure or a close.
-            watched.listen_network_io_failure().await;
+            watched.gone().await;
             // Down, unless a newer connection is up already.
             let _ = up.compare_exchange(number, 0, Ordering::Relaxed, Ordering::Relaxed);
-            let _ = tx.send(true);
         });
-        let closed = CloseReason::default();
-        conn.register_callback(ConnectionWatch(closed.clone())).await?;
-        let live = Live {
-            conn,
-            lost,
-            closed,
+        *guard = Some(Live {
+            conn: conn.clone(),
+            reader,
             url_index,
-        };
-        *guard = Some(live.clone());
-        Ok(live)
+        });
+        Ok((conn, url_index))
     }
 
     /// How to reach the broker.
@@ -363,137 +313,36 @@ impl SharedConnection {
     /// Which of the broker's URLs the live connection uses (opening it if
     /// needed): a process's other connections go to the same node.
     pub(crate) async fn url_index(&self) -> Result<usize, BridgeError> {
-        Ok(self.live().await?.url_index)
+        Ok(self.live().await?.1)
     }
 
-    /// A new channel on the live connection, watched (see [`Opened`]).
-    pub(crate) async fn channel(&self) -> Result<Opened, BridgeError> {
-        let live = self.live().await?;
-        let channel = match live.conn.open_channel(None).await {
-            Ok(ch) => ch,
-            Err(e) => {
-                // The connection may have died just now: one more try.
-                tracing::warn!("opening a RabbitMQ channel failed ({e}); reconnecting");
-                self.live.lock().await.take();
-                let live = self.live().await?;
-                return Opened::watch(live.conn.open_channel(None).await?, live).await;
+    /// A new channel on the live connection.
+    pub(crate) async fn channel(&self) -> Result<Channel, BridgeError> {
+        let (conn, _) = self.live().await?;
+        match Channel::open(&conn).await {
+            Ok(channel) => Ok(channel),
+            Err(e) if !conn.usable() => {
+                // The connection died just now: one more try.
+                tracing::warn!("opening a RabbitMQ channel failed ({}); reconnecting", e.error);
+                let (conn, _) = self.live().await?;
+                Channel::open(&conn).await.map_err(|e| e.error)
             }
-        };
-        Opened::watch(channel, live).await
+            Err(e) => Err(e.error),
+        }
     }
 
-    /// Closes the connection, if open.
+    /// Closes the connection, if open (what consumers did not ack goes
+    /// back to their queues).
     pub async fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.up.store(0, Ordering::Relaxed);
-        self.consumers.close().await;
-        if let Some(l) = self.live.lock().await.take() {
-            let _ = l.conn.close().await;
+        if let Some(mut l) = self.live.lock().await.take() {
+            l.conn.close("the connection was closed");
+            if tokio::time::timeout(CLOSE_WAIT, &mut l.reader).await.is_err() {
+                l.reader.abort();
+            }
         }
     }
-}
-
-/// Why RabbitMQ closed a channel: its reply code and text.
-pub(crate) type CloseReason = Arc<std::sync::Mutex<Option<(u16, String)>>>;
-
-/// A channel, and why RabbitMQ closed it, if it did (amqprs reports a closed channel to the caller
-/// only as "channel closed"; the reason comes through the callback).
-pub(crate) struct Opened {
-    pub channel: Channel,
-    pub closed: CloseReason,
-    /// Why RabbitMQ closed the channel's connection (a hard error such as
-    /// an unknown exchange type closes the connection), if it did.
-    connection_closed: CloseReason,
-}
-
-impl Opened {
-    async fn watch(channel: Channel, live: Live) -> Result<Opened, BridgeError> {
-        let closed = CloseReason::default();
-        channel.register_callback(CloseWatch(closed.clone())).await?;
-        Ok(Opened {
-            channel,
-            closed,
-            connection_closed: live.closed,
-        })
-    }
-
-    /// Why RabbitMQ closed this channel or its connection, if it did.
-    pub fn reason(&self) -> Option<(u16, String)> {
-        closed_reason(&self.closed).or_else(|| closed_reason(&self.connection_closed))
-    }
-
-    /// An amqprs error on this channel, with RabbitMQ's reason when it
-    /// closed the channel or the connection.
-    pub fn error(&self, e: amqprs::error::Error) -> BridgeError {
-        match self.reason() {
-            Some((_, text)) => BridgeError::Amqp(text),
-            None => e.into(),
-        }
-    }
-}
-
-/// What RabbitMQ said when it closed the channel.
-pub(crate) fn closed_reason(closed: &CloseReason) -> Option<(u16, String)> {
-    closed.lock().unwrap_or_else(|e| e.into_inner()).clone()
-}
-
-/// Records why RabbitMQ closed the channel.
-pub(crate) fn record_close(closed: &CloseReason, close: &CloseChannel) {
-    *closed.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some((close.reply_code(), close.reply_text().clone()));
-}
-
-/// The callback of a channel that neither publishes nor consumes by
-/// callback: it records a close.
-struct CloseWatch(CloseReason);
-
-#[async_trait::async_trait]
-impl ChannelCallback for CloseWatch {
-    async fn close(&mut self, _channel: &Channel, close: CloseChannel) -> Result<(), amqprs::error::Error> {
-        record_close(&self.0, &close);
-        Ok(())
-    }
-    async fn cancel(&mut self, _channel: &Channel, _cancel: Cancel) -> Result<(), amqprs::error::Error> {
-        Ok(())
-    }
-    async fn flow(&mut self, _channel: &Channel, active: bool) -> Result<bool, amqprs::error::Error> {
-        Ok(active)
-    }
-    async fn publish_ack(&mut self, _channel: &Channel, _ack: Ack) {}
-    async fn publish_nack(&mut self, _channel: &Channel, _nack: Nack) {}
-    async fn publish_return(
-        &mut self,
-        _channel: &Channel,
-        _ret: Return,
-        _props: BasicProperties,
-        _content: Vec<u8>,
-    ) {
-    }
-}
-
-/// The connection's callback: records a close by RabbitMQ.
-struct ConnectionWatch(CloseReason);
-
-#[async_trait::async_trait]
-impl ConnectionCallback for ConnectionWatch {
-    async fn close(&mut self, _connection: &Connection, close: Close) -> Result<(), amqprs::error::Error> {
-        tracing::warn!("RabbitMQ closed the connection: {close}");
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((close.reply_code(), close.reply_text().clone()));
-        Ok(())
-    }
-    async fn blocked(&mut self, _connection: &Connection, reason: String) {
-        tracing::warn!("RabbitMQ blocked the connection: {reason}");
-    }
-    async fn unblocked(&mut self, _connection: &Connection) {
-        tracing::info!("RabbitMQ unblocked the connection");
-    }
-    async fn secret_updated(&mut self, _connection: &Connection) {}
-}
-
-/// Resolves once `lost` turns true (or its sender is gone).
-async fn lost(mut lost: watch::Receiver<bool>) {
-    let _ = lost.wait_for(|l| *l).await;
 }
 
 #[cfg(test)]
@@ -503,17 +352,18 @@ mod tests {
     #[test]
     fn urls() {
         assert_eq!(redact_url("amqp://u:s3cret@h:5672/v"), "amqp://u:***@h:5672/v");
-        let a = open_arguments("amqp://u%40x:p%2Fw@broker:5673/my%2Fvhost", None).unwrap();
-        assert_eq!(a.get_host(), "broker");
-        assert_eq!(a.get_port(), 5673);
-        assert_eq!(a.get_virtual_host(), "my/vhost");
-        let a = open_arguments("amqp://h", None).unwrap();
-        assert_eq!((a.get_port(), a.get_virtual_host()), (5672, "/"));
-        assert!(open_arguments("http://h", None).is_err_and(|e| e.contains("unsupported scheme")));
-        assert!(open_arguments("not a url", None).is_err());
-        let a = open_arguments("amqps://u:p@broker/v", None).unwrap();
-        assert_eq!((a.get_port(), a.get_scheme()), (5671, Some("amqps")));
-        assert!(a.get_tls_adaptor().is_some(), "amqps:// is TLS, never plain text");
+        let a = Endpoint::parse("amqp://u%40x:p%2Fw@broker:5673/my%2Fvhost").unwrap();
+        assert_eq!(
+            (a.host.as_str(), a.port, a.tls, a.vhost.as_str()),
+            ("broker", 5673, false, "my/vhost")
+        );
+        assert_eq!((a.user.as_str(), a.password.as_str()), ("u@x", "p/w"));
+        let a = Endpoint::parse("amqp://h").unwrap();
+        assert_eq!((a.port, a.vhost.as_str(), a.user.as_str()), (5672, "/", "guest"));
+        assert!(Endpoint::parse("http://h").is_err_and(|e| e.contains("unsupported scheme")));
+        assert!(Endpoint::parse("not a url").is_err());
+        let a = Endpoint::parse("amqps://u:p@broker/v").unwrap();
+        assert_eq!((a.port, a.tls), (5671, true), "amqps:// is TLS, never plain text");
         assert_eq!(
             Endpoint::parse("amqp://h/v?heartbeat=7").unwrap().heartbeat,
             Some(7)
@@ -523,7 +373,7 @@ mod tests {
             .is_err_and(|e| e.contains("heartbeat") && !e.contains("pw")));
         let several = BrokerSettings::new(" amqp://a/v , amqps://b/v,", Duration::from_secs(1));
         assert_eq!(several.urls(), ["amqp://a/v", "amqps://b/v"]);
-        let missing = open_arguments("amqps://u:p@broker/v", Some(Path::new("/nonexistent/ca.pem")));
+        let missing = crate::tls::connector(Some(Path::new("/nonexistent/ca.pem")));
         assert!(missing.is_err_and(|e| e.contains("/nonexistent/ca.pem")));
     }
 }

@@ -1,23 +1,24 @@
-//! The RabbitMQ side of the gateway.
+//! The RabbitMQ side of the gateway, on an AMQP 0-9-1 client of its own.
 //!
 //! This crate owns everything AMQP: the process-wide [`SharedConnection`]
-//! that reconnects by itself ([`connection`], on amqprs: checks, topology,
-//! readiness), the confirmed [`Publisher`] the server and the drainer
-//! publish with (mandatory, persistent, with the headers of SPEC section 7
-//! in the smallest integer types; [`publisher`]), the [`Consumer`] the
-//! client and the drainer read their queue with (prefetch, cumulative
-//! acks, reject to the dead-letter queue; [`consumer`]), and the
-//! `configure-queue` [`topology`] of SPEC section 8. It knows nothing of
-//! STOMP or SMP.
+//! that reconnects by itself ([`connection`]: the channels of consumers,
+//! checks and topology, the readiness probe), the confirmed [`Publisher`]
+//! the server and the drainer publish with (mandatory, persistent, with
+//! the headers of SPEC section 7 in the smallest integer types, on a
+//! connection of its own; [`publisher`]), the [`Consumer`] the client and
+//! the drainer read their queue with (prefetch, cumulative acks, reject to
+//! the dead-letter queue; [`consumer`]), and the `configure-queue`
+//! [`topology`] of SPEC section 8. It knows nothing of STOMP or SMP.
 //!
-//! The data path, publishing and consuming, runs on AMQP connections of
-//! our own (`own`, with the frames in `wire`): a publisher's connection,
-//! and one that a process's consumers share, a channel each. Everything
-//! runs on the caller's tokio runtime, without a thread hand-off: frames
-//! are encoded into an outbox that a writer task sends a burst at a time,
-//! and a reader task hands confirmations and deliveries straight to the
-//! publisher's and the consumers' queues.
+//! Under them: `wire` encodes and decodes the frames, `own` runs a
+//! connection (handshake, writer, reader, heartbeats), `channels` routes a
+//! shared connection's frames to its channels. Everything runs on the
+//! caller's tokio runtime, without a thread hand-off: frames are encoded
+//! into an outbox that a writer task sends a burst at a time, and a reader
+//! task hands confirmations, replies and deliveries straight to the
+//! publisher's and the channels' queues.
 
+mod channels;
 pub mod connection;
 pub mod consumer;
 mod own;
@@ -58,14 +59,8 @@ pub enum BridgeError {
     ConsumerClosed,
 }
 
-impl From<amqprs::error::Error> for BridgeError {
-    fn from(e: amqprs::error::Error) -> Self {
-        BridgeError::Amqp(e.to_string())
-    }
-}
-
 /// Checks a queue, exchange or routing key name: at most an AMQP short
-/// string (amqprs panics on a longer one).
+/// string (a longer one cannot be encoded).
 pub(crate) fn checked_name(name: &str) -> Result<&str, BridgeError> {
     if name.len() <= 255 {
         Ok(name)

@@ -39,6 +39,8 @@ pub(crate) struct Out {
     pub closed: Option<String>,
     /// The connection is down: the reader has ended.
     pub gone: bool,
+    /// RabbitMQ's reply code and text, when it closed the connection.
+    pub refused: Option<(u16, String)>,
 }
 
 impl Out {
@@ -47,6 +49,7 @@ impl Out {
             outbox: Vec::with_capacity(16 * 1024),
             closed: None,
             gone: false,
+            refused: None,
         }
     }
 }
@@ -66,6 +69,8 @@ pub(crate) struct Conn<S> {
     pub wake_writer: Notify,
     /// The writer emptied the outbox (callers waiting for room).
     pub drained: Notify,
+    /// The reader ended: the connection is gone.
+    ended: Notify,
 }
 
 impl<S: ConnState> Conn<S> {
@@ -74,6 +79,7 @@ impl<S: ConnState> Conn<S> {
             state: Mutex::new(state),
             wake_writer: Notify::new(),
             drained: Notify::new(),
+            ended: Notify::new(),
         }
     }
 
@@ -98,6 +104,19 @@ impl<S: ConnState> Conn<S> {
         drop(state);
         self.wake_writer.notify_one();
         self.drained.notify_waiters();
+    }
+
+    /// Resolves once the connection is gone.
+    pub async fn gone(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.state().out().gone {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// Whether the connection still takes work.
@@ -165,14 +184,19 @@ pub(crate) async fn open_near(conn: &SharedConnection) -> Result<Opened, BridgeE
 }
 
 /// Opens a connection to `url`, within the settings' timeout.
-async fn open(url: &str, broker: &BrokerSettings) -> Result<Opened, BridgeError> {
+pub(crate) async fn open(url: &str, broker: &BrokerSettings) -> Result<Opened, BridgeError> {
     let err = |reason: String| BridgeError::Connect {
         url: crate::redact_url(url),
         reason,
     };
     let endpoint = Endpoint::parse(url).map_err(err)?;
+    // A missing or bad CA file is said before anything is tried.
+    let tls = match endpoint.tls {
+        true => Some(crate::tls::connector(broker.ca_file.as_deref()).map_err(err)?),
+        false => None,
+    };
     let timeout = broker.timeout;
-    match tokio::time::timeout(timeout, handshake(&endpoint, broker)).await {
+    match tokio::time::timeout(timeout, handshake(&endpoint, tls)).await {
         Ok(Ok(opened)) => Ok(opened),
         Ok(Err(reason)) => Err(err(reason.to_string())),
         Err(_) => Err(err(format!("no answer within {timeout:?}"))),
@@ -181,11 +205,10 @@ async fn open(url: &str, broker: &BrokerSettings) -> Result<Opened, BridgeError>
 
 /// Connects (TCP, and TLS for `amqps://`), then the AMQP handshake:
 /// protocol header, `start-ok` (PLAIN), `tune-ok`, `open`.
-async fn handshake(e: &Endpoint, broker: &BrokerSettings) -> io::Result<Opened> {
+async fn handshake(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> io::Result<Opened> {
     let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port)).await?;
     tcp.set_nodelay(true)?;
-    let (reader, mut writer): (Reader, Writer) = if e.tls {
-        let connector = crate::tls::connector(broker.ca_file.as_deref()).map_err(io::Error::other)?;
+    let (reader, mut writer): (Reader, Writer) = if let Some(connector) = tls {
         let name = rustls_pki_types::ServerName::try_from(e.host.clone())
             .map_err(|err| io::Error::other(format!("invalid host name \"{}\": {err}", e.host)))?;
         let tls = connector.connect(name, tcp).await?;
@@ -421,6 +444,7 @@ async fn read_loop<S, H>(
     }
     conn.wake_writer.notify_one();
     conn.drained.notify_waiters();
+    conn.ended.notify_waiters();
     let _ = tokio::time::timeout(CLOSE_WAIT, &mut writer.0).await;
 }
 
@@ -439,6 +463,7 @@ pub(crate) fn common<S: ConnState>(
         method::CONNECTION_CLOSE => {
             let (code, text) = (a.u16()?, a.short_str()?);
             tracing::warn!("RabbitMQ closed the {what} connection: {code} {text}");
+            conn.state().out().refused = Some((code, text.clone()));
             conn.send(|o| wire::method_frame(o, 0, method::CONNECTION_CLOSE_OK, |_| {}));
             Ok(Some(Some(BridgeError::Amqp(format!(
                 "RabbitMQ closed the connection: {code} {text}"

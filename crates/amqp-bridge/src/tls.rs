@@ -3,7 +3,6 @@
 //! PEM bundle of `SSL_CERT_FILE`, or the distribution's usual place) and
 //! an optional CA file, and must name the URL's host.
 
-use amqprs::tls::TlsAdaptor;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::path::Path;
@@ -65,9 +64,4 @@ pub(crate) fn connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConne
         .with_root_certificates(roots(ca_file)?)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// The amqprs TLS set-up of a connection to `host`.
-pub(crate) fn adaptor(host: &str, ca_file: Option<&Path>) -> Result<TlsAdaptor, String> {
-    Ok(TlsAdaptor::new(connector(ca_file)?, host.to_string()))
 }

@@ -1,10 +1,8 @@
 //! The RabbitMQ topology of `configure-queue` (SPEC section 8).
 
-use crate::{checked_name, BridgeError, SharedConnection};
-use amqprs::channel::{
-    Channel, ExchangeBindArguments, ExchangeDeclareArguments, QueueBindArguments, QueueDeclareArguments,
-};
-use amqprs::{FieldTable, FieldValue};
+use crate::channels::{Channel, Ended};
+use crate::wire::{self, method};
+use crate::{checked_name, BridgeError, HeaderValue, SharedConnection};
 use nodedata::{NodeData, NodeType, PeerData};
 
 /// What `configure-queue` declares for one peer.
@@ -88,118 +86,125 @@ pub fn topology_for(node: &NodeData, peer: &PeerData, queue: &str) -> Result<Top
 }
 
 /// A table of string arguments.
-fn string_args(args: &[(&str, &str)]) -> Result<FieldTable, BridgeError> {
-    let mut table = FieldTable::new();
-    for (name, value) in args {
-        let v = (*value)
-            .try_into()
-            .map_err(|_| BridgeError::Name(value.to_string()))?;
-        let name = (*name)
-            .try_into()
-            .map_err(|_| BridgeError::Name(name.to_string()))?;
-        table.insert(name, FieldValue::S(v));
-    }
-    Ok(table)
+fn string_args(out: &mut Vec<u8>, args: &[(&str, &str)]) {
+    wire::table(out, |o| {
+        for (name, value) in args {
+            wire::field(o, name, &HeaderValue::Str(value.to_string()));
+        }
+    });
 }
 
 /// Declares a durable exchange.
-async fn exchange(
-    ch: &Channel,
-    name: &str,
-    kind: &str,
-    arguments: FieldTable,
-) -> Result<(), amqprs::error::Error> {
-    let mut args = ExchangeDeclareArguments::new(name, kind);
-    args.durable = true;
-    args.arguments = arguments;
-    ch.exchange_declare(args).await
+async fn exchange(ch: &mut Channel, name: &str, kind: &str, args: &[(&str, &str)]) -> Result<(), Ended> {
+    ch.call(method::EXCHANGE_DECLARE, method::EXCHANGE_DECLARE_OK, |o| {
+        o.extend_from_slice(&0u16.to_be_bytes());
+        wire::short_str(o, name);
+        wire::short_str(o, kind);
+        o.push(0b10); // durable
+        string_args(o, args);
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Declares a durable queue.
-async fn queue(ch: &Channel, name: &str, arguments: FieldTable) -> Result<(), BridgeError> {
-    let args = QueueDeclareArguments::new(checked_name(name)?)
-        .durable(true)
-        .arguments(arguments)
-        .finish();
-    ch.queue_declare(args).await?;
-    Ok(())
+async fn queue(ch: &mut Channel, name: &str, args: &[(&str, &str)]) -> Result<(), Ended> {
+    ch.call(method::QUEUE_DECLARE, method::QUEUE_DECLARE_OK, |o| {
+        o.extend_from_slice(&0u16.to_be_bytes());
+        wire::short_str(o, name);
+        o.push(0b10); // durable
+        string_args(o, args);
+    })
+    .await
+    .map(|_| ())
 }
 
 /// Declares the topology (idempotent).
 pub async fn declare(conn: &SharedConnection, t: &Topology) -> Result<(), TopologyError> {
-    let opened = conn.channel().await?;
-    let declared = declare_on(&opened.channel, t).await.map_err(|e| match e {
-        // RabbitMQ's reason, when it closed the channel.
-        TopologyError::Broker(BridgeError::Amqp(text)) => match opened.reason() {
-            Some((_, reason)) if reason.contains("x-random") || reason.contains("invalid exchange type") => {
-                TopologyError::NoRandomExchange(reason)
+    for name in [&t.peer_exchange, &t.binding_key, &t.queue, &t.dead_letter_queue] {
+        checked_name(name)?;
+    }
+    let mut ch = conn.channel().await?;
+    let declared = declare_on(&mut ch, t).await.map_err(|e| {
+        let Ended { error, code, text } = e;
+        // RabbitMQ's reason, when it closed the channel or the connection.
+        match code {
+            Some(_) if text.contains("x-random") || text.contains("invalid exchange type") => {
+                TopologyError::NoRandomExchange(text)
             }
-            Some((406, reason)) if reason.contains("x-queue-type") => TopologyError::QueueType(reason),
-            Some((_, reason)) => TopologyError::Broker(BridgeError::Amqp(reason)),
-            None => TopologyError::Broker(BridgeError::Amqp(text)),
-        },
-        other => other,
+            Some(406) if text.contains("x-queue-type") => TopologyError::QueueType(text),
+            Some(_) => TopologyError::Broker(BridgeError::Amqp(text)),
+            None => TopologyError::Broker(error),
+        }
     });
-    let _ = opened.channel.close().await;
+    ch.close().await;
     declared
 }
 
-async fn declare_on(ch: &Channel, t: &Topology) -> Result<(), TopologyError> {
+async fn declare_on(ch: &mut Channel, t: &Topology) -> Result<(), Ended> {
     for (name, k) in &t.extra_exchanges {
-        exchange(ch, name, k, FieldTable::new())
-            .await
-            .map_err(BridgeError::from)?;
+        exchange(ch, name, k, &[]).await?;
     }
-    let args = match t.alternate_exchange {
-        Some(alt) => string_args(&[("alternate-exchange", alt)])?,
-        None => FieldTable::new(),
-    };
-    exchange(ch, t.main_exchange, t.main_kind, args)
-        .await
-        .map_err(BridgeError::from)?;
-    exchange(ch, checked_name(&t.peer_exchange)?, "x-random", FieldTable::new())
-        .await
-        .map_err(BridgeError::from)?;
-    ch.exchange_bind(ExchangeBindArguments::new(
-        &t.peer_exchange,
-        t.main_exchange,
-        &t.binding_key,
-    ))
-    .await
-    .map_err(BridgeError::from)?;
+    let alternate: Vec<(&str, &str)> = t
+        .alternate_exchange
+        .map(|alt| ("alternate-exchange", alt))
+        .into_iter()
+        .collect();
+    exchange(ch, t.main_exchange, t.main_kind, &alternate).await?;
+    exchange(ch, &t.peer_exchange, "x-random", &[]).await?;
+    ch.call(method::EXCHANGE_BIND, method::EXCHANGE_BIND_OK, |o| {
+        o.extend_from_slice(&0u16.to_be_bytes());
+        wire::short_str(o, &t.peer_exchange); // destination
+        wire::short_str(o, t.main_exchange); // source
+        wire::short_str(o, &t.binding_key);
+        o.push(0);
+        o.extend_from_slice(&[0; 4]);
+    })
+    .await?;
     // Classic queues are declared without `x-queue-type`, as they always
     // were, so that existing ones stay equivalent.
-    let typed = |mut args: Vec<(&str, &str)>| {
-        if t.quorum {
-            args.push(("x-queue-type", "quorum"));
-        }
-        string_args(&args)
+    let quorum: &[(&str, &str)] = match t.quorum {
+        true => &[("x-queue-type", "quorum")],
+        false => &[],
     };
-    queue(ch, &t.dead_letter_queue, typed(vec![])?).await?;
-    let dead_letters = typed(vec![
+    queue(ch, &t.dead_letter_queue, quorum).await?;
+    let mut dead_letters = vec![
         ("x-dead-letter-exchange", ""),
-        ("x-dead-letter-routing-key", &t.dead_letter_queue),
-    ])?;
-    queue(ch, &t.queue, dead_letters).await?;
-    ch.queue_bind(QueueBindArguments::new(&t.queue, &t.peer_exchange, ""))
-        .await
-        .map_err(BridgeError::from)?;
+        ("x-dead-letter-routing-key", t.dead_letter_queue.as_str()),
+    ];
+    dead_letters.extend_from_slice(quorum);
+    queue(ch, &t.queue, &dead_letters).await?;
+    ch.call(method::QUEUE_BIND, method::QUEUE_BIND_OK, |o| {
+        o.extend_from_slice(&0u16.to_be_bytes());
+        wire::short_str(o, &t.queue);
+        wire::short_str(o, &t.peer_exchange);
+        wire::short_str(o, "");
+        o.push(0);
+        o.extend_from_slice(&[0; 4]);
+    })
+    .await?;
     Ok(())
 }
 
 /// Whether `exchange` exists: `Err(NoExchange)` when it does not (a
 /// passive declare: nothing is created).
 pub async fn check_exchange(conn: &SharedConnection, exchange: &str) -> Result<(), BridgeError> {
-    let opened = conn.channel().await?;
-    let mut args = ExchangeDeclareArguments::new(checked_name(exchange)?, "topic");
-    args.passive = true;
-    let found = match opened.channel.exchange_declare(args).await {
-        Ok(()) => Ok(()),
-        Err(e) => match opened.reason() {
-            Some((404, _)) => Err(BridgeError::NoExchange(exchange.to_string())),
-            _ => Err(opened.error(e)),
-        },
+    checked_name(exchange)?;
+    let mut ch = conn.channel().await?;
+    let found = ch
+        .call(method::EXCHANGE_DECLARE, method::EXCHANGE_DECLARE_OK, |o| {
+            o.extend_from_slice(&0u16.to_be_bytes());
+            wire::short_str(o, exchange);
+            wire::short_str(o, "topic");
+            o.push(0b1); // passive
+            o.extend_from_slice(&[0; 4]);
+        })
+        .await;
+    let found = match found {
+        Ok(_) => Ok(()),
+        Err(e) if e.code == Some(404) => Err(BridgeError::NoExchange(exchange.to_string())),
+        Err(e) => Err(e.error),
     };
-    let _ = opened.channel.close().await;
+    ch.close().await;
     found
 }

@@ -2,9 +2,9 @@
 //! decoded by hand: the connection handshake, `channel.open`,
 //! `confirm.select`, `basic.publish` with its content header and body,
 //! and what comes back (`basic.ack` / `nack` / `return`, closes,
-//! heartbeats); for consuming, `queue.declare` (passive), `basic.qos`,
-//! `basic.consume`, `basic.ack` / `reject`, and the `basic.deliver` with
-//! its content header that come back. Everything is appended to one
+//! heartbeats); for consuming, `basic.qos`, `basic.consume`,
+//! `basic.ack` / `reject`, and the `basic.deliver` with its content header
+//! that come back; for checks and the topology, the declares and binds. Everything is appended to one
 //! output buffer, so that a burst of frames leaves in one write.
 //!
 //! ```text
@@ -48,8 +48,14 @@ pub(crate) mod method {
     pub const CHANNEL_CLOSE_OK: (u16, u16) = (20, 41);
     pub const CONFIRM_SELECT: (u16, u16) = (85, 10);
     pub const CONFIRM_SELECT_OK: (u16, u16) = (85, 11);
+    pub const EXCHANGE_DECLARE: (u16, u16) = (40, 10);
+    pub const EXCHANGE_DECLARE_OK: (u16, u16) = (40, 11);
+    pub const EXCHANGE_BIND: (u16, u16) = (40, 30);
+    pub const EXCHANGE_BIND_OK: (u16, u16) = (40, 31);
     pub const QUEUE_DECLARE: (u16, u16) = (50, 10);
     pub const QUEUE_DECLARE_OK: (u16, u16) = (50, 11);
+    pub const QUEUE_BIND: (u16, u16) = (50, 20);
+    pub const QUEUE_BIND_OK: (u16, u16) = (50, 21);
     pub const BASIC_QOS: (u16, u16) = (60, 10);
     pub const BASIC_QOS_OK: (u16, u16) = (60, 11);
     pub const BASIC_CONSUME: (u16, u16) = (60, 20);

@@ -82,11 +82,13 @@ fn scale_holds_every_peer_and_receipts_every_message() {
 
 #[test]
 fn throughput_runs_both_paths_and_prints_every_figure() {
-    let Some(stdout) = bench("throughput", &["throughput", "-n", "300", "-b", "20", "-r", "2"]) else {
+    // Enough messages for the CPU time of both processes to span several
+    // clock ticks (10 ms; the gateway spends ~25 us a message).
+    let Some(stdout) = bench("throughput", &["throughput", "-n", "3000", "-b", "50", "-r", "2"]) else {
         return;
     };
     assert!(
-        stdout.contains("300 messages, buffer 20, medians of 2 rounds"),
+        stdout.contains("3000 messages, buffer 50, medians of 2 rounds"),
         "{stdout}"
     );
     for prefix in [
