@@ -225,6 +225,10 @@ fn handle(
         }
         method::CHANNEL_CLOSE => {
             let (code, text) = (a.u16()?, a.short_str()?);
+            if code != 404 {
+                // 404 is the answer to a check (a passive declare).
+                tracing::warn!("RabbitMQ closed channel {}: {code} {text}", frame.channel);
+            }
             partial.remove(&frame.channel);
             let error = BridgeError::Amqp(format!("the channel was closed: {code} {text}"));
             chan.end(
