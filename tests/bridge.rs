@@ -396,6 +396,16 @@ async fn several_urls_a_dead_first_one_and_failover_to_the_next() {
     // The connection is gone: what was pending fails, nothing hangs.
     let cut = tokio::time::timeout(Duration::from_secs(30), publish_many(&mut publisher, 1_000, "k")).await;
     assert!(matches!(cut, Ok(Err(_))), "publishing through a cut node fails");
+    // The shared connection finds out too (its reader sees the end), so
+    // the next use reconnects it, to the next URL.
+    let shared_ref = &shared;
+    poll_until(Duration::from_secs(10), || async move {
+        match shared_ref.is_up() {
+            false => Ok(()),
+            true => Err("the shared connection still looks up".to_string()),
+        }
+    })
+    .await;
     let mut publisher = publisher_again(&shared, "the other node takes over").await;
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
     assert_eq!(

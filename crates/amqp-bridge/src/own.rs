@@ -138,20 +138,18 @@ pub(crate) struct Opened {
 }
 
 impl Opened {
-    /// Opens a channel (and, with `confirm`, puts it in confirm mode)
-    /// before the connection's tasks start.
-    pub async fn open_channel(&mut self, channel: u16, confirm: bool) -> io::Result<()> {
+    /// Opens a channel in confirm mode (the publisher's) before the
+    /// connection's tasks start.
+    pub async fn open_confirming_channel(&mut self, channel: u16) -> io::Result<()> {
         let mut out = Vec::with_capacity(64);
         wire::method_frame(&mut out, channel, method::CHANNEL_OPEN, |o| {
             wire::short_str(o, "")
         });
         send(&mut self.writer, &mut out).await?;
         expect(&mut self.reader, method::CHANNEL_OPEN_OK).await?;
-        if confirm {
-            wire::method_frame(&mut out, channel, method::CONFIRM_SELECT, |o| o.push(0));
-            send(&mut self.writer, &mut out).await?;
-            expect(&mut self.reader, method::CONFIRM_SELECT_OK).await?;
-        }
+        wire::method_frame(&mut out, channel, method::CONFIRM_SELECT, |o| o.push(0));
+        send(&mut self.writer, &mut out).await?;
+        expect(&mut self.reader, method::CONFIRM_SELECT_OK).await?;
         Ok(())
     }
 

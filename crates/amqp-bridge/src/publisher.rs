@@ -15,9 +15,12 @@
 //! publishes from many sessions leaves in one write: on a client that
 //! writes every publish with a system call of its own, those calls were the
 //! largest part of the server's CPU. The frames themselves are in
-//! [`crate::wire`]. Everything else of the gateway (consumers, topology,
-//! the readiness probe) stays on the [`SharedConnection`]; the publishing
-//! connection goes to the same broker node as it.
+//! `wire`, the connection's handshake, writer and reader in `own`.
+//! Everything else of the gateway (consumers, checks, topology, the
+//! readiness probe) is on the [`SharedConnection`]; the publishing
+//! connection goes to the same broker node as it, and stays apart from it:
+//! RabbitMQ stops reading a connection it blocks for publishing (a memory
+//! or disk alarm), which must not stall the acks of consumers.
 //!
 //! `basic.ack` / `basic.nack` (`multiple` included) settle the pending
 //! publishes. A `basic.return` (mandatory, unroutable) carries no delivery
@@ -146,7 +149,7 @@ impl Publisher {
     /// a confirming channel on it.
     pub async fn new(conn: &SharedConnection, confirm_timeout: Duration) -> Result<Publisher, BridgeError> {
         let mut opened = own::open_near(conn).await?;
-        if let Err(e) = opened.open_channel(CHANNEL, true).await {
+        if let Err(e) = opened.open_confirming_channel(CHANNEL).await {
             return Err(BridgeError::Amqp(format!(
                 "opening the publishing channel failed: {e}"
             )));
