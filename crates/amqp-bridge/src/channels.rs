@@ -26,21 +26,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// Why a channel can go on no more: the error, and RabbitMQ's reply code
-/// and text when it closed the channel.
+/// and text when it closed the channel (or the connection).
 #[derive(Clone, Debug)]
 pub(crate) struct Ended {
     pub error: BridgeError,
-    pub code: Option<u16>,
-    pub text: String,
+    pub refused: Option<(u16, String)>,
 }
 
 impl Ended {
     fn of(error: BridgeError) -> Ended {
-        Ended {
-            text: error.to_string(),
-            error,
-            code: None,
-        }
+        Ended { error, refused: None }
+    }
+
+    /// RabbitMQ's reply code, when it closed the channel or the connection.
+    pub fn code(&self) -> Option<u16> {
+        self.refused.as_ref().map(|(code, _)| *code)
     }
 }
 
@@ -94,20 +94,28 @@ impl Chan {
         self.notify.notify_one();
     }
 
-    /// Waits until `take` finds something, or the channel ended.
+    /// What `take` finds now, or why the channel ended.
+    fn now<T>(&self, take: &mut impl FnMut(&mut ChanState) -> Option<T>) -> Option<Result<T, Ended>> {
+        let mut state = self.state();
+        if let Some(ended) = &state.ended {
+            return Some(Err(ended.clone()));
+        }
+        take(&mut state).map(Ok)
+    }
+
+    /// Waits until `take` finds something, or the channel ended. What is
+    /// there already is taken without registering as a waiter (a burst of
+    /// deliveries is taken one by one).
     async fn wait<T>(&self, mut take: impl FnMut(&mut ChanState) -> Option<T>) -> Result<T, Ended> {
+        if let Some(found) = self.now(&mut take) {
+            return found;
+        }
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut state = self.state();
-                if let Some(ended) = &state.ended {
-                    return Err(ended.clone());
-                }
-                if let Some(found) = take(&mut state) {
-                    return Ok(found);
-                }
+            if let Some(found) = self.now(&mut take) {
+                return found;
             }
             notified.await;
         }
@@ -127,18 +135,12 @@ impl ConnState for Channels {
     }
 
     fn fail_all(&mut self, error: BridgeError) {
-        if self.out.closed.is_none() {
-            self.out.closed = Some(error.to_string());
-        }
+        self.out.stop(&error);
         // RabbitMQ's reason, when it closed the connection (an unknown
         // exchange type, say, is a connection error).
-        let why = match &self.out.refused {
-            Some((code, text)) => Ended {
-                error,
-                code: Some(*code),
-                text: text.clone(),
-            },
-            None => Ended::of(error),
+        let why = Ended {
+            error,
+            refused: self.out.refused.clone(),
         };
         for (_, chan) in self.open.drain() {
             chan.end(why.clone(), true);
@@ -231,14 +233,8 @@ fn handle(
             }
             partial.remove(&frame.channel);
             let error = BridgeError::Amqp(format!("the channel was closed: {code} {text}"));
-            chan.end(
-                Ended {
-                    error,
-                    code: Some(code),
-                    text,
-                },
-                true,
-            );
+            let refused = Some((code, text));
+            chan.end(Ended { error, refused }, true);
             let mut state = conn.state();
             state.open.remove(&frame.channel);
             wire::method_frame(

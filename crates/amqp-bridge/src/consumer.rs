@@ -42,7 +42,7 @@ async fn ensure_queue(channel: &mut Channel, queue: &str) -> Result<(), BridgeEr
         .await;
     match declared {
         Ok(_) => Ok(()),
-        Err(e) if e.code == Some(404) => Err(BridgeError::NoQueue(queue.to_string())),
+        Err(e) if e.code() == Some(404) => Err(BridgeError::NoQueue(queue.to_string())),
         Err(e) => Err(e.error),
     }
 }

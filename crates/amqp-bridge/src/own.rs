@@ -44,6 +44,13 @@ pub(crate) struct Out {
 }
 
 impl Out {
+    /// Takes no more work, for the first reason given.
+    pub fn stop(&mut self, why: &dyn std::fmt::Display) {
+        if self.closed.is_none() {
+            self.closed = Some(why.to_string());
+        }
+    }
+
     pub fn new() -> Out {
         Out {
             outbox: Vec::with_capacity(16 * 1024),
@@ -96,12 +103,7 @@ impl<S: ConnState> Conn<S> {
     /// Takes no more work; the writer closes the connection once the
     /// outbox is out.
     pub fn close(&self, why: &str) {
-        let mut state = self.state();
-        let out = state.out();
-        if out.closed.is_none() {
-            out.closed = Some(why.to_string());
-        }
-        drop(state);
+        self.state().out().stop(&why);
         self.wake_writer.notify_one();
         self.drained.notify_waiters();
     }

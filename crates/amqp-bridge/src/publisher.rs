@@ -124,9 +124,7 @@ impl ConnState for State {
     /// Fails everything pending, and the publisher: the connection is
     /// gone or no longer to be trusted.
     fn fail_all(&mut self, error: BridgeError) {
-        if self.out.closed.is_none() {
-            self.out.closed = Some(error.to_string());
-        }
+        self.out.stop(&error);
         for u in self.pending.drain(..) {
             let _ = u.settle.send(Err(error.clone()));
         }

@@ -126,15 +126,14 @@ pub async fn declare(conn: &SharedConnection, t: &Topology) -> Result<(), Topolo
     }
     let mut ch = conn.channel().await?;
     let declared = declare_on(&mut ch, t).await.map_err(|e| {
-        let Ended { error, code, text } = e;
         // RabbitMQ's reason, when it closed the channel or the connection.
-        match code {
-            Some(_) if text.contains("x-random") || text.contains("invalid exchange type") => {
+        match e.refused {
+            Some((_, text)) if text.contains("x-random") || text.contains("invalid exchange type") => {
                 TopologyError::NoRandomExchange(text)
             }
-            Some(406) if text.contains("x-queue-type") => TopologyError::QueueType(text),
-            Some(_) => TopologyError::Broker(BridgeError::Amqp(text)),
-            None => TopologyError::Broker(error),
+            Some((406, text)) if text.contains("x-queue-type") => TopologyError::QueueType(text),
+            Some((_, text)) => TopologyError::Broker(BridgeError::Amqp(text)),
+            None => TopologyError::Broker(e.error),
         }
     });
     ch.close().await;
@@ -202,7 +201,7 @@ pub async fn check_exchange(conn: &SharedConnection, exchange: &str) -> Result<(
         .await;
     let found = match found {
         Ok(_) => Ok(()),
-        Err(e) if e.code == Some(404) => Err(BridgeError::NoExchange(exchange.to_string())),
+        Err(e) if e.code() == Some(404) => Err(BridgeError::NoExchange(exchange.to_string())),
         Err(e) => Err(e.error),
     };
     ch.close().await;
