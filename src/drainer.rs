@@ -161,7 +161,7 @@ impl<'a> Drain<'a> {
         broker: &SharedConnection,
     ) -> Result<Drain<'a>, BridgeError> {
         let consumer = Consumer::new(broker, &s.queue, s.client_buffer).await?;
-        let publisher = match Publisher::new(broker, s.internal.rmq_confirmation_timeout()).await {
+        let publisher = match broker.publisher(s.internal.rmq_confirmation_timeout()).await {
             Ok(p) => p,
             Err(e) => {
                 consumer.close().await;

@@ -53,7 +53,7 @@ async fn publish_many(publisher: &mut Publisher, n: usize, key: &str) -> Result<
 /// panics with `why` otherwise.
 async fn publisher_again(shared: &SharedConnection, why: &str) -> Publisher {
     for _ in 0..50 {
-        match Publisher::new(shared, Duration::from_secs(5)).await {
+        match shared.publisher(Duration::from_secs(5)).await {
             Ok(p) => return p,
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -67,7 +67,7 @@ async fn ten_thousand_confirmed_in_order_and_mandatory_returns() {
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
     let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(20)).await.unwrap();
     let confirmed = publish_many(&mut publisher, 10_000, "a.b").await.unwrap();
     assert_eq!(confirmed, (0..10_000).collect::<Vec<_>>());
     assert_eq!(message_count(&ch, "sink").await, 10_000);
@@ -119,7 +119,7 @@ async fn integer_headers_use_the_smallest_type() {
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
     let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(20)).await.unwrap();
     let headers = [
         ("i8", HeaderValue::Int(-5)),
         ("i16", HeaderValue::Int(-300)),
@@ -166,7 +166,7 @@ async fn large_bodies_a_missing_exchange_and_a_new_publisher_after_it() {
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
     let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(20)).await.unwrap();
     // Bodies larger than a frame (RabbitMQ's is 128 KiB), split and joined
     // back intact, between small ones.
     let bodies: Vec<Vec<u8>> = [10, 300_000, 131_064, 131_065, 0, 20]
@@ -206,7 +206,7 @@ async fn large_bodies_a_missing_exchange_and_a_new_publisher_after_it() {
     assert!(!publisher.usable());
     assert!(publisher.publish(&m).await.await.is_err());
     // A new publisher (a new connection) publishes again.
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(20)).await.unwrap();
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
     publisher.close().await;
     // The first six were taken by `collect`.
@@ -265,7 +265,7 @@ async fn broker_restart_fails_the_stream_and_the_connection_recovers() {
     let (_c, ch) = channel(&vhost).await;
     sink_queue(&ch, "ex", "sink").await;
     let shared = SharedConnection::new(BrokerSettings::new(&vhost.url, Duration::from_secs(10)));
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(5)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(5)).await.unwrap();
     // A consumer of what is published, on the shared connection.
     let mut consumer = Consumer::new(&shared, "sink", 100).await.unwrap();
     let consumed = tokio::spawn(async move {
@@ -375,7 +375,7 @@ async fn several_urls_a_dead_first_one_and_failover_to_the_next() {
         format!("{}, {}", vhost.url, url(1)),
     ] {
         let shared = SharedConnection::new(BrokerSettings::new(&urls, Duration::from_secs(5)));
-        let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+        let mut publisher = shared.publisher(Duration::from_secs(20)).await.unwrap();
         assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
         shared.close().await;
     }
@@ -384,7 +384,7 @@ async fn several_urls_a_dead_first_one_and_failover_to_the_next() {
     let (a, b) = (broker_node().await, broker_node().await);
     let urls = format!("{},{}", url(a.port), url(b.port));
     let shared = SharedConnection::new(BrokerSettings::new(&urls, Duration::from_secs(5)));
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(20)).await.unwrap();
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
     // The shared connection and the publishing one, both to one node.
     let (first, other) = match (a.taken.load(Ordering::SeqCst), b.taken.load(Ordering::SeqCst)) {
@@ -423,7 +423,7 @@ async fn a_hung_broker_fails_pending_publishes_by_the_confirmation_timeout() {
     let node = broker_node().await;
     let url = format!("amqp://guest:guest@127.0.0.1:{}/{}", node.port, vhost.name);
     let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(2)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(2)).await.unwrap();
     assert_eq!(publish_many(&mut publisher, 10, "k").await.unwrap().len(), 10);
     node.frozen.store(true, Ordering::SeqCst);
     let started = std::time::Instant::now();
@@ -457,7 +457,7 @@ async fn heartbeats_keep_an_idle_publisher_and_find_a_silent_broker() {
         node.port, vhost.name
     );
     let shared = SharedConnection::new(BrokerSettings::new(&url, Duration::from_secs(5)));
-    let mut publisher = Publisher::new(&shared, Duration::from_secs(20)).await.unwrap();
+    let mut publisher = shared.publisher(Duration::from_secs(20)).await.unwrap();
     assert_eq!(publish_many(&mut publisher, 5, "k").await.unwrap().len(), 5);
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(

@@ -1,29 +1,42 @@
 //! The channels of a process's shared connection: a [`Channel`] calls a
 //! method and waits for its reply (declares, checks, `basic.consume`),
-//! and receives the deliveries of its consumer; the connection's reader
-//! routes every frame to its channel.
+//! within the broker deadline, and receives the deliveries of its
+//! consumer; the connection's reader routes every method to its channel.
 //!
 //! ```text
 //!  Channel::call ──method──> outbox ──writer──> RabbitMQ
 //!       ^                                          │
-//!       └── reply / delivery / close ── Chan <── handle (reader task): assembles
-//!                                                 basic.deliver + header + body
+//!       └── reply / delivery / close ── Chan <── handle (reader task)
 //! ```
 //!
 //! The reader hands a whole delivery straight to its channel's queue: no
 //! task between them, and a burst of deliveries read at once wakes the
-//! consumer once. A frame is queued on a channel only while the channel is
+//! consumer once. A reply must be the one the channel waits for (503
+//! otherwise). A frame is queued on a channel only while the channel is
 //! the connection's (checked under the connection's lock, under which the
 //! reader forgets a closed channel): once closed, its number may serve
 //! another channel, which must never get a stale ack.
 
-use crate::own::{self, ConnState, Out, CLOSE_WAIT};
-use crate::wire::{self, method};
-use crate::{BridgeError, InMessage};
+use crate::conn::{self, ChannelState, ConnState, Out, CLOSE_WAIT};
+use crate::wire::content::Arrival;
+use crate::wire::{self, id, method, Method, Properties, Violation};
+use crate::BridgeError;
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::Notify;
+
+/// One delivery from a queue.
+#[derive(Debug)]
+pub struct InMessage {
+    pub delivery_tag: u64,
+    /// The AMQP `type` property (empty when absent).
+    pub msg_type: String,
+    /// The AMQP `content_type` property (empty when absent).
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
 
 /// Why a channel can go on no more: the error, and RabbitMQ's reply code
 /// and text when it closed the channel (or the connection).
@@ -48,6 +61,8 @@ impl Ended {
 struct Chan {
     number: u16,
     state: Mutex<ChanState>,
+    /// `channel.close` was sent.
+    closing: AtomicBool,
     /// A delivery, a reply or the channel's end came.
     notify: Notify,
 }
@@ -55,7 +70,8 @@ struct Chan {
 #[derive(Default)]
 struct ChanState {
     deliveries: VecDeque<InMessage>,
-    /// The reply to the method the owner waits on.
+    /// The reply the owner waits for, and then the reply.
+    awaiting: Option<(u16, u16)>,
     reply: Option<wire::Frame>,
     ended: Option<Ended>,
     /// Closed by either side (`close-ok` or RabbitMQ's `channel.close`).
@@ -77,9 +93,20 @@ impl Chan {
         }
     }
 
-    fn reply(&self, frame: wire::Frame) {
-        self.state().reply = Some(frame);
+    /// Takes the reply the owner waits for; anything else is a violation.
+    fn reply(&self, frame: wire::Frame, got: (u16, u16)) -> Result<(), Violation> {
+        let mut state = self.state();
+        if state.awaiting != Some(got) {
+            return Err(Violation::new(
+                wire::COMMAND_INVALID,
+                format!("an unexpected {} on channel {}", method::name(got), self.number),
+            ));
+        }
+        state.awaiting = None;
+        state.reply = Some(frame);
+        drop(state);
         self.notify.notify_one();
+        Ok(())
     }
 
     /// The channel's owner can go on no more (the first reason counts);
@@ -127,6 +154,8 @@ pub(crate) struct Channels {
     out: Out,
     open: HashMap<u16, Arc<Chan>>,
     channel_max: u16,
+    /// How long a call may wait for its reply.
+    deadline: Duration,
 }
 
 impl ConnState for Channels {
@@ -146,126 +175,93 @@ impl ConnState for Channels {
             chan.end(why.clone(), true);
         }
     }
+
+    fn channel(&self, channel: u16) -> ChannelState {
+        match self.open.get(&channel) {
+            None => ChannelState::Unknown,
+            Some(c) if c.closing.load(Ordering::Relaxed) => ChannelState::Closing,
+            Some(_) => ChannelState::Open,
+        }
+    }
+
+    fn channel_closed(&mut self, channel: u16, by_broker: Option<(u16, String)>) {
+        let Some(chan) = self.open.remove(&channel) else {
+            return;
+        };
+        let why = match by_broker {
+            Some((code, text)) => Ended {
+                error: BridgeError::Amqp(format!("the channel was closed: {code} {text}")),
+                refused: Some((code, text)),
+            },
+            None => Ended::of(BridgeError::ConsumerClosed),
+        };
+        chan.end(why, true);
+    }
 }
 
 /// A connection of our own with channels.
-pub(crate) type ChannelConn = own::Conn<Channels>;
+pub(crate) type ChannelConn = conn::Conn<Channels>;
 
-/// Starts the tasks of a connection that serves channels.
-pub(crate) fn start(opened: own::Opened) -> (Arc<ChannelConn>, tokio::task::JoinHandle<()>) {
+/// Starts the tasks of a connection that serves channels; each call on
+/// it may wait `deadline` for its reply.
+pub(crate) fn start(opened: conn::Opened, deadline: Duration) -> (Arc<ChannelConn>, tokio::task::JoinHandle<()>) {
     let conn = Arc::new(ChannelConn::new(Channels {
         out: Out::new(),
         open: HashMap::new(),
         channel_max: opened.channel_max,
+        deadline,
     }));
-    let mut partial = HashMap::new();
-    let reader = opened.start(&conn, move |conn, frame| handle(conn, frame, &mut partial));
+    let reader = opened.start(&conn, handle);
     (conn, reader)
 }
 
-/// A delivery whose content is still coming.
-struct Partial {
-    chan: Arc<Chan>,
-    message: InMessage,
-    /// The body size, once the content header came.
-    size: Option<u64>,
-}
-
-/// Handles one frame; returns why the connection ends, if it does.
-fn handle(
-    conn: &ChannelConn,
-    frame: wire::Frame,
-    partial: &mut HashMap<u16, Partial>,
-) -> io::Result<Option<BridgeError>> {
-    if frame.kind == wire::FRAME_HEADER || frame.kind == wire::FRAME_BODY {
-        let Some(p) = partial.get_mut(&frame.channel) else {
-            return Ok(None);
-        };
-        if frame.kind == wire::FRAME_HEADER {
-            let (size, content_type, msg_type) = frame.content_header()?;
-            p.size = Some(size);
-            p.message.content_type = content_type;
-            p.message.msg_type = msg_type;
-        } else if p.message.body.is_empty() {
-            p.message.body = frame.payload;
-        } else {
-            p.message.body.extend_from_slice(&frame.payload);
-        }
-        if p.size.is_some_and(|size| p.message.body.len() as u64 >= size) {
-            if let Some(p) = partial.remove(&frame.channel) {
-                p.chan.deliver(p.message);
-            }
-        }
-        return Ok(None);
-    }
-    let Some((m, mut a)) = frame.method() else {
-        return Ok(None);
+/// Handles one method (with its content) of an open channel.
+fn handle(conn: &ChannelConn, arrival: Arrival) -> Result<(), Violation> {
+    let number = arrival.method.channel;
+    let Some(chan) = conn.state().open.get(&number).cloned() else {
+        return Ok(());
     };
-    if let Some(end) = own::common(conn, "shared", frame.channel, m, frame.args())? {
-        return Ok(end);
-    }
-    let Some(chan) = conn.state().open.get(&frame.channel).cloned() else {
-        tracing::debug!("ignored AMQP method {m:?} on unknown channel {}", frame.channel);
-        return Ok(None);
-    };
+    let m = arrival.method.method()?;
     match m {
-        method::BASIC_DELIVER => {
-            let _consumer_tag = a.short_str()?;
-            let delivery_tag = a.u64()?;
-            let message = InMessage {
+        Method::BasicDeliver { delivery_tag, .. } => {
+            let Some((header, body)) = arrival.content else {
+                return Ok(());
+            };
+            let (_, p) = Properties::decode(&header.payload)?;
+            chan.deliver(InMessage {
                 delivery_tag,
-                msg_type: String::new(),
-                content_type: String::new(),
-                body: Vec::new(),
-            };
-            let p = Partial {
-                chan,
-                message,
-                size: None,
-            };
-            partial.insert(frame.channel, p);
+                msg_type: p.kind.unwrap_or_default().to_string(),
+                content_type: p.content_type.unwrap_or_default().to_string(),
+                body,
+            });
         }
-        method::CHANNEL_CLOSE => {
-            let (code, text) = (a.u16()?, a.short_str()?);
-            if code != 404 {
-                // 404 is the answer to a check (a passive declare).
-                tracing::warn!("RabbitMQ closed channel {}: {code} {text}", frame.channel);
-            }
-            partial.remove(&frame.channel);
-            let error = BridgeError::Amqp(format!("the channel was closed: {code} {text}"));
-            let refused = Some((code, text));
-            chan.end(Ended { error, refused }, true);
-            let mut state = conn.state();
-            state.open.remove(&frame.channel);
-            wire::method_frame(
-                &mut state.out.outbox,
-                frame.channel,
-                method::CHANNEL_CLOSE_OK,
-                |_| {},
-            );
-            drop(state);
-            conn.wake_writer.notify_one();
-        }
-        method::CHANNEL_CLOSE_OK => {
-            partial.remove(&frame.channel);
-            chan.end(Ended::of(BridgeError::ConsumerClosed), true);
-            conn.state().open.remove(&frame.channel);
-        }
-        method::BASIC_CANCEL => {
+        Method::BasicCancel { consumer_tag, no_wait } => {
             tracing::warn!("RabbitMQ cancelled a consumer (its queue was deleted?)");
+            if !no_wait {
+                conn.send(|o| wire::method_frame(o, number, &Method::BasicCancelOk { consumer_tag }));
+            }
             chan.end(Ended::of(BridgeError::ConsumerClosed), false);
         }
-        _ => chan.reply(frame),
+        other => {
+            let got = other.id();
+            chan.reply(arrival.method, got)?;
+        }
     }
-    Ok(None)
+    Ok(())
 }
+
+/// `channel.close` by us: a normal close.
+const CLOSE: Method<'static> = Method::ChannelClose(method::Reason {
+    code: wire::REPLY_SUCCESS,
+    text: "",
+    class: 0,
+    method: 0,
+});
 
 /// A channel of the shared connection; closed when dropped.
 pub(crate) struct Channel {
     conn: Arc<ChannelConn>,
     chan: Arc<Chan>,
-    /// `channel.close` was sent.
-    closing: bool,
 }
 
 impl Channel {
@@ -284,6 +280,7 @@ impl Channel {
             let chan = Arc::new(Chan {
                 number,
                 state: Mutex::new(ChanState::default()),
+                closing: AtomicBool::new(false),
                 notify: Notify::new(),
             });
             state.open.insert(number, chan.clone());
@@ -293,13 +290,8 @@ impl Channel {
         let mut channel = Channel {
             conn: conn.clone(),
             chan,
-            closing: false,
         };
-        channel
-            .call(method::CHANNEL_OPEN, method::CHANNEL_OPEN_OK, |o| {
-                wire::short_str(o, "")
-            })
-            .await?;
+        channel.call(&Method::ChannelOpen, id::CHANNEL_OPEN_OK).await?;
         Ok(channel)
     }
 
@@ -311,7 +303,7 @@ impl Channel {
             .open
             .get(&self.chan.number)
             .is_some_and(|c| Arc::ptr_eq(c, &self.chan));
-        if !ours || self.closing {
+        if !ours || self.chan.closing.load(Ordering::Relaxed) {
             return false;
         }
         frame(&mut state.out.outbox);
@@ -320,25 +312,25 @@ impl Channel {
         true
     }
 
-    /// Sends method `m` and waits for its reply, which must be `want`.
-    pub async fn call(
-        &mut self,
-        m: (u16, u16),
-        want: (u16, u16),
-        args: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<wire::Frame, Ended> {
+    /// Sends `m` and waits for its reply, which must be `want`, within
+    /// the connection's deadline; past it the connection is closed (it is
+    /// opened again at the next use) and the error names the method.
+    pub async fn call(&mut self, m: &Method<'_>, want: (u16, u16)) -> Result<wire::Frame, Ended> {
         let number = self.chan.number;
-        if !self.send(|o| wire::method_frame(o, number, m, args)) {
+        self.chan.state().awaiting = Some(want);
+        if !self.send(|o| wire::method_frame(o, number, m)) {
             let ended = self.chan.state().ended.clone();
             return Err(ended.unwrap_or_else(|| Ended::of(BridgeError::ConsumerClosed)));
         }
-        let reply = self.chan.wait(|s| s.reply.take()).await?;
-        match reply.method() {
-            Some((got, _)) if got == want => Ok(reply),
-            got => Err(Ended::of(BridgeError::Amqp(format!(
-                "unexpected AMQP reply {:?} (expected {want:?})",
-                got.map(|(m, _)| m)
-            )))),
+        let deadline = self.conn.state().deadline;
+        match tokio::time::timeout(deadline, self.chan.wait(|s| s.reply.take())).await {
+            Ok(reply) => reply,
+            Err(_) => {
+                let why = conn::no_answer(m.id(), deadline);
+                tracing::error!("{why}; closing the connection");
+                self.conn.close(&why);
+                Err(Ended::of(BridgeError::NoAnswer(why)))
+            }
         }
     }
 
@@ -357,8 +349,8 @@ impl Channel {
     /// Sends `channel.close` once, if the channel is open.
     fn start_close(&mut self) -> bool {
         let number = self.chan.number;
-        let sent = self.send(|o| wire::channel_close(o, number));
-        self.closing = true;
+        let sent = self.send(|o| wire::method_frame(o, number, &CLOSE));
+        self.chan.closing.store(true, Ordering::Relaxed);
         sent
     }
 
@@ -377,4 +369,26 @@ impl Drop for Channel {
     fn drop(&mut self) {
         self.start_close();
     }
+}
+
+/// Closes every open channel of `conn` and waits (a few seconds at most)
+/// for their `close-ok`s: the first step of a clean close.
+pub(crate) async fn close_all(conn: &ChannelConn) {
+    let open: Vec<Arc<Chan>> = {
+        let mut state = conn.state();
+        let open: Vec<Arc<Chan>> = state.open.values().cloned().collect();
+        for chan in &open {
+            if !chan.closing.swap(true, Ordering::Relaxed) {
+                wire::method_frame(&mut state.out.outbox, chan.number, &CLOSE);
+            }
+        }
+        open
+    };
+    conn.wake_writer.notify_one();
+    let all = async {
+        for chan in &open {
+            let _ = chan.wait(|s| s.closed.then_some(())).await;
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_WAIT, all).await;
 }

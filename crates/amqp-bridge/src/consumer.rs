@@ -13,33 +13,22 @@
 //! deleted) or a lost connection fail the consumer's next
 //! [`Consumer::next`]; what it did not ack goes back to the queue.
 
-use crate::channels::Channel;
-use crate::wire::{self, method};
-use crate::{checked_name, BridgeError, SharedConnection};
-
-/// One delivery from the queue.
-#[derive(Debug)]
-pub struct InMessage {
-    pub delivery_tag: u64,
-    /// The AMQP `type` property (empty when absent).
-    pub msg_type: String,
-    /// The AMQP `content_type` property (empty when absent).
-    pub content_type: String,
-    pub body: Vec<u8>,
-}
+use crate::channels::{Channel, InMessage};
+use crate::shared::SharedConnection;
+use crate::wire::{self, codec::Table, id, Method};
+use crate::{checked_name, BridgeError};
 
 /// A passive `queue.declare` on `channel`: [`BridgeError::NoQueue`] when
 /// the queue does not exist (RabbitMQ then closes the channel with 404).
 async fn ensure_queue(channel: &mut Channel, queue: &str) -> Result<(), BridgeError> {
     checked_name(queue)?;
-    let declared = channel
-        .call(method::QUEUE_DECLARE, method::QUEUE_DECLARE_OK, |o| {
-            o.extend_from_slice(&0u16.to_be_bytes());
-            wire::short_str(o, queue);
-            o.push(0b1); // passive
-            o.extend_from_slice(&[0; 4]);
-        })
-        .await;
+    let check = Method::QueueDeclare {
+        queue,
+        passive: true,
+        durable: false,
+        arguments: Table::EMPTY,
+    };
+    let declared = channel.call(&check, id::QUEUE_DECLARE_OK).await;
     match declared {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(404) => Err(BridgeError::NoQueue(queue.to_string())),
@@ -68,24 +57,16 @@ impl Consumer {
         let prefetch = u16::try_from(window).unwrap_or(u16::MAX).max(1);
         let mut channel = conn.channel().await?;
         ensure_queue(&mut channel, queue).await?;
-        channel
-            .call(method::BASIC_QOS, method::BASIC_QOS_OK, |o| {
-                o.extend_from_slice(&0u32.to_be_bytes());
-                o.extend_from_slice(&prefetch.to_be_bytes());
-                o.push(0);
-            })
-            .await
-            .map_err(|e| e.error)?;
-        channel
-            .call(method::BASIC_CONSUME, method::BASIC_CONSUME_OK, |o| {
-                o.extend_from_slice(&0u16.to_be_bytes());
-                wire::short_str(o, queue);
-                wire::short_str(o, "");
-                o.push(0); // acks wanted, not exclusive, a reply wanted
-                o.extend_from_slice(&[0; 4]);
-            })
-            .await
-            .map_err(|e| e.error)?;
+        let qos = Method::BasicQos {
+            prefetch_count: prefetch,
+        };
+        channel.call(&qos, id::BASIC_QOS_OK).await.map_err(|e| e.error)?;
+        let consume = Method::BasicConsume {
+            queue,
+            consumer_tag: "",
+            arguments: Table::EMPTY,
+        };
+        channel.call(&consume, id::BASIC_CONSUME_OK).await.map_err(|e| e.error)?;
         Ok(Consumer {
             channel,
             queue: queue.to_string(),
@@ -100,7 +81,17 @@ impl Consumer {
 
     fn settle(&self, tag: u64, ack: bool) {
         let number = self.channel.number();
-        self.channel.send(|o| wire::settle(o, number, tag, ack));
+        let m = match ack {
+            true => Method::BasicAck {
+                delivery_tag: tag,
+                multiple: true,
+            },
+            false => Method::BasicReject {
+                delivery_tag: tag,
+                requeue: false,
+            },
+        };
+        self.channel.send(|o| wire::method_frame(o, number, &m));
     }
 
     /// Acks every delivery up to and including `tag`. The ack is queued

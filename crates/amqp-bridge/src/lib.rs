@@ -1,35 +1,49 @@
 //! The RabbitMQ side of the gateway, on an AMQP 0-9-1 client of its own.
 //!
 //! This crate owns everything AMQP: the process-wide [`SharedConnection`]
-//! that reconnects by itself ([`connection`]: the channels of consumers,
-//! checks and topology, the readiness probe), the confirmed [`Publisher`]
+//! that reconnects by itself (the channels of consumers, checks and
+//! topology, the readiness probe; [`shared`]), the confirmed [`Publisher`]
 //! the server and the drainer publish with (mandatory, persistent, with
 //! the headers of SPEC section 7 in the smallest integer types, on a
-//! connection of its own; [`publisher`]), the [`Consumer`] the client and
-//! the drainer read their queue with (prefetch, cumulative acks, reject to
-//! the dead-letter queue; [`consumer`]), and the `configure-queue`
-//! [`topology`] of SPEC section 8. It knows nothing of STOMP or SMP.
+//! connection of its own, obeying RabbitMQ's flow control; [`publisher`]),
+//! the [`Consumer`] the client and the drainer read their queue with
+//! (prefetch, cumulative acks, reject to the dead-letter queue;
+//! [`consumer`]), and the `configure-queue` [`topology`] of SPEC section 8.
+//! It knows nothing of STOMP or SMP.
 //!
-//! Under them: `wire` encodes and decodes the frames, `own` runs a
-//! connection (handshake, writer, reader, heartbeats), `channels` routes a
-//! shared connection's frames to its channels. Everything runs on the
-//! caller's tokio runtime, without a thread hand-off: frames are encoded
-//! into an outbox that a writer task sends a burst at a time, and a reader
-//! task hands confirmations, replies and deliveries straight to the
-//! publisher's and the channels' queues.
+//! The layers, each importing only those below it:
+//!
+//! ```text
+//!  consumer, topology          what the gateway does with the broker
+//!  shared                      the shared connection, publishers per node
+//!  channels, publisher         what a connection's frames mean
+//!  conn                        handshake, writer, reader, closes, flow control
+//!  endpoint, tls               URLs and their parameters, TLS
+//!  wire (codec, method, content)  frames, one typed home per method
+//! ```
+//!
+//! Everything runs on the caller's tokio runtime, without a thread
+//! hand-off: frames are encoded into an outbox that a writer task sends a
+//! burst at a time, and a reader task hands confirmations, replies and
+//! deliveries straight to the publisher's and the channels' queues.
 
 mod channels;
-pub mod connection;
+mod conn;
 pub mod consumer;
-mod own;
+pub mod endpoint;
 pub mod publisher;
+pub mod shared;
 mod tls;
 pub mod topology;
 mod wire;
+#[doc(hidden)]
+pub mod fuzzing;
 
-pub use connection::{connect, redact_url, BrokerSettings, SharedConnection};
-pub use consumer::{check_queue, Consumer, InMessage};
-pub use publisher::{PendingConfirm, Publisher, SharedPublisher};
+pub use channels::InMessage;
+pub use consumer::{check_queue, Consumer};
+pub use endpoint::{redact_url, BrokerSettings};
+pub use publisher::{PendingConfirm, Publisher};
+pub use shared::{connect, SharedConnection, SharedPublisher};
 pub use topology::check_exchange;
 
 use std::time::Duration;
@@ -41,6 +55,10 @@ pub enum BridgeError {
     Connect { url: String, reason: String },
     #[error("RabbitMQ error: {0}")]
     Amqp(String),
+    #[error("{0}")]
+    NoAnswer(String),
+    #[error("the message cannot be published: {0}")]
+    TooLarge(String),
     #[error("the queue \"{0}\" does not exist")]
     NoQueue(String),
     #[error("the exchange \"{0}\" does not exist")]

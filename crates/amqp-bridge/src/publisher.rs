@@ -6,21 +6,21 @@
 //!  publish ──encode──> outbox (bytes) ──one write per wake-up──> writer task ──> RabbitMQ
 //!     │                                                                            │
 //!     └──> pending (seq, fingerprint, sender) <── reader task: basic.ack / nack, <──┘
-//!                                                 basic.return, closes, heartbeats
+//!                                                 basic.return, closes, flow control
 //! ```
 //!
 //! A publish is encoded straight into the connection's outbox under the
 //! lock that numbers it (1, 2, ... as the broker numbers the channel's
 //! messages), so the order on the wire is the call order, and a burst of
-//! publishes from many sessions leaves in one write: on a client that
-//! writes every publish with a system call of its own, those calls were the
-//! largest part of the server's CPU. The frames themselves are in
-//! `wire`, the connection's handshake, writer and reader in `own`.
-//! Everything else of the gateway (consumers, checks, topology, the
-//! readiness probe) is on the [`SharedConnection`]; the publishing
-//! connection goes to the same broker node as it, and stays apart from it:
-//! RabbitMQ stops reading a connection it blocks for publishing (a memory
-//! or disk alarm), which must not stall the acks of consumers.
+//! publishes from many sessions leaves in one write. The publishing
+//! connection stays apart from the shared one (see `shared`): RabbitMQ
+//! stops reading a connection it blocks for publishing (a memory or disk
+//! alarm), which must not stall the acks of consumers.
+//!
+//! Flow control is obeyed: while RabbitMQ blocks the connection
+//! (`connection.blocked`) or stops the channel (`channel.flow`), nothing
+//! of the outbox is written, publishers wait once it is full, and the
+//! confirmation deadline does not run (it starts again at the unblock).
 //!
 //! `basic.ack` / `basic.nack` (`multiple` included) settle the pending
 //! publishes. A `basic.return` (mandatory, unroutable) carries no delivery
@@ -30,13 +30,13 @@
 //! channel or connection closed by RabbitMQ, or a confirmation overdue
 //! fails everything pending, and the publisher with it.
 
-use crate::own::{self, ConnState, Out, CLOSE_WAIT, OUTBOX_LIMIT};
-use crate::wire::{self, method, Content};
-use crate::{checked_name, BridgeError, HeaderValue, OutMessage, SharedConnection};
+use crate::conn::{self, ChannelState, ConnState, Out, CLOSE_WAIT, OUTBOX_LIMIT};
+use crate::wire::content::Arrival;
+use crate::wire::{self, codec::Table, id, method, Method, Properties, Violation};
+use crate::{checked_name, BridgeError, HeaderValue, OutMessage};
 use futures::FutureExt;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
-use std::io;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -85,6 +85,10 @@ struct State {
     pending: VecDeque<Unconfirmed>,
     out: Out,
     frame_max: usize,
+    /// RabbitMQ stopped the channel (`channel.flow` inactive).
+    flow_stopped: bool,
+    /// The publishing channel is open (until a close of either side).
+    channel_open: bool,
 }
 
 impl State {
@@ -104,14 +108,23 @@ impl State {
     }
 
     /// Marks the oldest unconfirmed publish that a `basic.return` matches.
-    fn mark_returned(&mut self, exchange: String, routing_key: String, body: &[u8]) {
-        let fp = fingerprint(&exchange, &routing_key, body);
+    fn mark_returned(&mut self, exchange: &str, routing_key: &str, body: &[u8]) {
+        let fp = fingerprint(exchange, routing_key, body);
         if let Some(u) = self
             .pending
             .iter_mut()
             .find(|u| u.fingerprint == fp && u.returned.is_none())
         {
-            u.returned = Some((exchange, routing_key));
+            u.returned = Some((exchange.to_string(), routing_key.to_string()));
+        }
+    }
+
+    /// Why RabbitMQ holds publishing, if it does.
+    fn blocked(&self) -> Option<String> {
+        match (&self.out.blocked, self.flow_stopped) {
+            (Some((reason, _)), _) => Some(reason.clone()),
+            (None, true) => Some("channel.flow stopped the publishing channel".into()),
+            (None, false) => None,
         }
     }
 }
@@ -129,37 +142,80 @@ impl ConnState for State {
             let _ = u.settle.send(Err(error.clone()));
         }
     }
+
+    fn held(&mut self) -> bool {
+        self.out.blocked.is_some() || self.flow_stopped
+    }
+
+    fn flow(&mut self, _channel: u16, active: bool) {
+        if self.flow_stopped == active {
+            match active {
+                true => tracing::warn!("RabbitMQ resumed the publishing channel (channel.flow)"),
+                false => tracing::warn!("RabbitMQ stopped the publishing channel (channel.flow)"),
+            }
+        }
+        self.flow_stopped = !active;
+        if active {
+            self.out.unblocked_at = Some(Instant::now());
+        }
+    }
+
+    fn channel(&self, channel: u16) -> ChannelState {
+        match (channel, self.channel_open) {
+            (CHANNEL, true) if self.out.closed.is_some() => ChannelState::Closing,
+            (CHANNEL, true) => ChannelState::Open,
+            _ => ChannelState::Unknown,
+        }
+    }
+
+    fn channel_closed(&mut self, _channel: u16, by_broker: Option<(u16, String)>) {
+        self.channel_open = false;
+        if let Some((code, text)) = by_broker {
+            // The channel is gone; the connection is closed after it.
+            let why = BridgeError::Amqp(format!("the publishing channel was closed: {code} {text}"));
+            self.fail_all(why);
+            self.out.stop(&"the publishing channel was closed");
+        }
+    }
 }
 
 /// The publishing connection.
-type Link = own::Conn<State>;
+type Link = conn::Conn<State>;
 
 /// A publisher with confirms on a connection of its own. One task
 /// publishes with it (the message numbers follow the call order); see
-/// [`SharedPublisher`] for many.
+/// `SharedPublisher` for many.
 pub struct Publisher {
     link: Arc<Link>,
     reader: Option<JoinHandle<()>>,
 }
 
 impl Publisher {
-    /// Opens a publishing connection to the broker node `conn` is on, and
-    /// a confirming channel on it.
-    pub async fn new(conn: &SharedConnection, confirm_timeout: Duration) -> Result<Publisher, BridgeError> {
-        let mut opened = own::open_near(conn).await?;
-        if let Err(e) = opened.open_confirming_channel(CHANNEL).await {
-            return Err(BridgeError::Amqp(format!(
-                "opening the publishing channel failed: {e}"
-            )));
+    /// Opens the confirming channel on `opened` (each step within
+    /// `deadline`) and starts the connection.
+    pub(crate) async fn start(
+        mut opened: conn::Opened,
+        confirm_timeout: Duration,
+        deadline: Duration,
+    ) -> Result<Publisher, BridgeError> {
+        let steps = [
+            (Method::ChannelOpen, id::CHANNEL_OPEN_OK),
+            (Method::ConfirmSelect, id::CONFIRM_SELECT_OK),
+        ];
+        for (m, want) in steps {
+            if let Err(e) = opened.call(CHANNEL, &m, want, deadline).await {
+                return Err(BridgeError::Amqp(format!("opening the publishing channel failed: {e}")));
+            }
         }
         let link = Arc::new(Link::new(State {
             next_seq: 1,
             pending: VecDeque::new(),
             out: Out::new(),
             frame_max: opened.frame_max,
+            flow_stopped: false,
+            channel_open: true,
         }));
-        let mut returning = None;
-        let reader = opened.start(&link, move |link, frame| handle(link, &frame, &mut returning));
+        let reader = opened.start(&link, handle);
         tokio::spawn(watchdog(Arc::downgrade(&link), confirm_timeout));
         Ok(Publisher {
             link,
@@ -172,7 +228,8 @@ impl Publisher {
     /// when this returns, so messages go out in call order without
     /// waiting for each other; the returned future resolves when RabbitMQ
     /// confirms the message, or fails on a nack, a return, a closed
-    /// channel, a lost connection or the confirmation timeout.
+    /// channel, a lost connection or the confirmation timeout. A message
+    /// whose properties cannot fit in one frame fails alone.
     pub async fn publish(&mut self, m: &OutMessage<'_>) -> PendingConfirm {
         match self.send(m).await {
             Ok(settled) => Box::pin(settled.map(|r| r.unwrap_or(Err(BridgeError::ConnectionLost)))),
@@ -194,13 +251,18 @@ impl Publisher {
                 }
             }
         }
-        let content = Content {
-            content_type: "application/json",
-            msg_type,
-            app_id: "swpt_stomp",
-            persistent: true,
-            headers: &m.headers,
-            body: m.body,
+        let publish = Method::BasicPublish {
+            exchange,
+            routing_key,
+            mandatory: true,
+        };
+        let properties = Properties {
+            content_type: Some("application/json"),
+            headers: Some(Table::Headers(&m.headers)),
+            delivery_mode: Some(2),
+            kind: Some(msg_type),
+            app_id: Some("swpt_stomp"),
+            ..Properties::default()
         };
         let (settle, settled) = oneshot::channel();
         let (wake, full) = {
@@ -210,14 +272,8 @@ impl Publisher {
             }
             let wake = state.out.outbox.is_empty();
             let frame_max = state.frame_max;
-            wire::publish(
-                &mut state.out.outbox,
-                CHANNEL,
-                exchange,
-                routing_key,
-                &content,
-                frame_max,
-            );
+            wire::publish(&mut state.out.outbox, CHANNEL, &publish, &properties, m.body, frame_max)
+                .map_err(BridgeError::TooLarge)?;
             let seq = state.next_seq;
             state.next_seq += 1;
             state.pending.push_back(Unconfirmed {
@@ -242,6 +298,8 @@ impl Publisher {
     async fn room(&self) {
         loop {
             let drained = self.link.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
             {
                 let state = self.link.state();
                 if state.out.outbox.len() <= OUTBOX_LIMIT || state.out.closed.is_some() {
@@ -258,13 +316,43 @@ impl Publisher {
         self.link.usable()
     }
 
-    /// Closes the connection, once what was published is written; waits
-    /// (a few seconds at most) for RabbitMQ to acknowledge the close.
+    /// Why RabbitMQ holds this publisher's messages, if it does (a memory
+    /// or disk alarm: `connection.blocked`'s reason).
+    pub fn blocked(&self) -> Option<String> {
+        self.link.state().blocked()
+    }
+
+    /// A handle that tells whether RabbitMQ blocks this publisher.
+    pub(crate) fn status(&self) -> Status {
+        Status(Arc::downgrade(&self.link))
+    }
+
+    /// Closes the publisher cleanly: the channel once what was published
+    /// is written, then the connection, each waiting (a few seconds at
+    /// most) for RabbitMQ's `close-ok`.
     pub async fn close(mut self) {
+        let open = {
+            let mut state = self.link.state();
+            let open = state.channel_open && state.out.closed.is_none() && !state.held();
+            if open {
+                let close = Method::ChannelClose(method::Reason {
+                    code: wire::REPLY_SUCCESS,
+                    text: "",
+                    class: 0,
+                    method: 0,
+                });
+                wire::method_frame(&mut state.out.outbox, CHANNEL, &close);
+            }
+            open
+        };
+        if open {
+            self.link.wake_writer.notify_one();
+            let closed = self.link.until_state(|s| !s.channel_open || s.out.gone);
+            let _ = tokio::time::timeout(CLOSE_WAIT, closed).await;
+        }
         self.link.close("the publisher was closed");
         if let Some(mut reader) = self.reader.take() {
-            if tokio::time::timeout(CLOSE_WAIT, &mut reader).await.is_err() {
-                // A broker that does not answer: drop the connection.
+            if tokio::time::timeout(CLOSE_WAIT * 2, &mut reader).await.is_err() {
                 reader.abort();
             }
         }
@@ -277,77 +365,45 @@ impl Drop for Publisher {
     }
 }
 
-/// A `basic.return` whose content is still coming.
-struct Returning {
-    exchange: String,
-    routing_key: String,
-    size: Option<u64>,
-    body: Vec<u8>,
+/// Whether RabbitMQ blocks a publisher, without holding it open.
+#[derive(Clone)]
+pub(crate) struct Status(Weak<Link>);
+
+impl Status {
+    pub fn blocked(&self) -> Option<String> {
+        self.0.upgrade().and_then(|link| link.state().blocked())
+    }
 }
 
-/// Handles one frame from RabbitMQ; returns why the connection ends, if
-/// it does.
-fn handle(
-    link: &Link,
-    frame: &wire::Frame,
-    returning: &mut Option<Returning>,
-) -> io::Result<Option<BridgeError>> {
-    match frame.kind {
-        wire::FRAME_HEADER | wire::FRAME_BODY => {
-            let Some(r) = returning.as_mut() else {
-                return Ok(None);
-            };
-            if frame.kind == wire::FRAME_HEADER {
-                r.size = frame.body_size();
-            } else {
-                r.body.extend_from_slice(&frame.payload);
+/// Handles one method (with its content) on the publishing channel.
+fn handle(link: &Link, arrival: Arrival) -> Result<(), Violation> {
+    match arrival.method.method()? {
+        Method::BasicAck { delivery_tag, multiple } => link.state().settle(delivery_tag, multiple, true),
+        Method::BasicNack {
+            delivery_tag, multiple, ..
+        } => link.state().settle(delivery_tag, multiple, false),
+        Method::BasicReturn {
+            exchange, routing_key, ..
+        } => {
+            if let Some((_, body)) = &arrival.content {
+                link.state().mark_returned(exchange, routing_key, body);
             }
-            if r.size.is_some_and(|size| r.body.len() as u64 >= size) {
-                if let Some(r) = returning.take() {
-                    link.state().mark_returned(r.exchange, r.routing_key, &r.body);
-                }
-            }
-            return Ok(None);
         }
-        _ => {}
+        other => {
+            return Err(Violation::new(
+                wire::COMMAND_INVALID,
+                format!("an unexpected {} on the publishing channel", method::name(other.id())),
+            ))
+        }
     }
-    let Some((m, mut a)) = frame.method() else {
-        return Ok(None);
-    };
-    if let Some(end) = own::common(link, "publishing", frame.channel, m, frame.args())? {
-        return Ok(end);
-    }
-    match m {
-        method::BASIC_ACK | method::BASIC_NACK => {
-            let (tag, bits) = (a.u64()?, a.u8()?);
-            link.state().settle(tag, bits & 1 == 1, m == method::BASIC_ACK);
-        }
-        method::BASIC_RETURN => {
-            let (_code, _text) = (a.u16()?, a.short_str()?);
-            *returning = Some(Returning {
-                exchange: a.short_str()?,
-                routing_key: a.short_str()?,
-                size: None,
-                body: Vec::new(),
-            });
-        }
-        method::CHANNEL_CLOSE => {
-            let (code, text) = (a.u16()?, a.short_str()?);
-            tracing::warn!("RabbitMQ closed the publishing channel: {code} {text}");
-            link.send(|o| wire::method_frame(o, frame.channel, method::CHANNEL_CLOSE_OK, |_| {}));
-            let why = BridgeError::Amqp(format!("the channel was closed: {code} {text}"));
-            // The channel is gone; the connection is closed after it.
-            link.state().fail_all(why);
-            link.close("the channel was closed");
-        }
-        other => tracing::debug!("ignored AMQP method {other:?} on the publishing connection"),
-    }
-    Ok(None)
+    Ok(())
 }
 
 /// Fails a publisher's pending confirmations when the oldest has waited
 /// longer than `timeout` (and closes its connection): one timer per
-/// publisher, not one per message. Ends with the publisher.
+/// publisher, not one per message. While RabbitMQ holds publishing, no
+/// deadline runs; after it, the wait counts from the unblock. Ends with
+/// the publisher.
 async fn watchdog(link: Weak<Link>, timeout: Duration) {
     let every = (timeout / 4).max(Duration::from_millis(100));
     loop {
@@ -359,52 +415,19 @@ async fn watchdog(link: Weak<Link>, timeout: Duration) {
         if state.out.closed.is_some() {
             return;
         }
-        if state.pending.front().is_some_and(|u| u.sent.elapsed() > timeout) {
+        if state.held() {
+            continue;
+        }
+        let unblocked = state.out.unblocked_at;
+        let overdue = state.pending.front().is_some_and(|u| {
+            let since = unblocked.map_or(u.sent, |t| t.max(u.sent));
+            since.elapsed() > timeout
+        });
+        if overdue {
             state.fail_all(BridgeError::ConfirmTimeout(timeout));
             drop(state);
             link.close("a confirmation was overdue");
             return;
-        }
-    }
-}
-
-/// One publisher (one connection, one confirming channel) for many
-/// publishing tasks (a server's sessions): their publishes share the
-/// outbox, so a turn in which many sessions publish still ends in one
-/// write, and the broker keeps one connection, not one per session.
-/// Opened at the first publish, and again after a failure.
-pub struct SharedPublisher {
-    conn: Arc<crate::SharedConnection>,
-    confirm_timeout: Duration,
-    publisher: tokio::sync::Mutex<Option<Publisher>>,
-}
-
-impl SharedPublisher {
-    pub fn new(conn: Arc<crate::SharedConnection>, confirm_timeout: Duration) -> SharedPublisher {
-        SharedPublisher {
-            conn,
-            confirm_timeout,
-            publisher: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// Publishes one message, as [`Publisher::publish`]; fails when no
-    /// publishing connection can be opened.
-    pub async fn publish(&self, m: &OutMessage<'_>) -> Result<PendingConfirm, BridgeError> {
-        let mut slot = self.publisher.lock().await;
-        if !slot.as_ref().is_some_and(Publisher::usable) {
-            *slot = Some(Publisher::new(&self.conn, self.confirm_timeout).await?);
-        }
-        match slot.as_mut() {
-            Some(p) => Ok(p.publish(m).await),
-            None => Err(BridgeError::ConnectionLost),
-        }
-    }
-
-    /// Closes the publishing connection, if open.
-    pub async fn close(&self) {
-        if let Some(p) = self.publisher.lock().await.take() {
-            p.close().await;
         }
     }
 }

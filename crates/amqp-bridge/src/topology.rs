@@ -1,8 +1,10 @@
 //! The RabbitMQ topology of `configure-queue` (SPEC section 8).
 
 use crate::channels::{Channel, Ended};
-use crate::wire::{self, method};
-use crate::{checked_name, BridgeError, HeaderValue, SharedConnection};
+use crate::shared::SharedConnection;
+use crate::wire::codec::{FieldValue, Table};
+use crate::wire::{id, Method};
+use crate::{checked_name, BridgeError};
 use nodedata::{NodeData, NodeType, PeerData};
 
 /// What `configure-queue` declares for one peer.
@@ -85,38 +87,36 @@ pub fn topology_for(node: &NodeData, peer: &PeerData, queue: &str) -> Result<Top
     })
 }
 
-/// A table of string arguments.
-fn string_args(out: &mut Vec<u8>, args: &[(&str, &str)]) {
-    wire::table(out, |o| {
-        for (name, value) in args {
-            wire::field(o, name, &HeaderValue::Str(value.to_string()));
-        }
-    });
+/// String arguments as a field table's entries.
+fn string_args<'a>(args: &[(&'a str, &'a str)]) -> Vec<(&'a str, FieldValue<'a>)> {
+    args.iter()
+        .map(|(name, value)| (*name, FieldValue::LongStr(value.as_bytes())))
+        .collect()
 }
 
 /// Declares a durable exchange.
 async fn exchange(ch: &mut Channel, name: &str, kind: &str, args: &[(&str, &str)]) -> Result<(), Ended> {
-    ch.call(method::EXCHANGE_DECLARE, method::EXCHANGE_DECLARE_OK, |o| {
-        o.extend_from_slice(&0u16.to_be_bytes());
-        wire::short_str(o, name);
-        wire::short_str(o, kind);
-        o.push(0b10); // durable
-        string_args(o, args);
-    })
-    .await
-    .map(|_| ())
+    let args = string_args(args);
+    let declare = Method::ExchangeDeclare {
+        exchange: name,
+        kind,
+        passive: false,
+        durable: true,
+        arguments: Table::Fields(&args),
+    };
+    ch.call(&declare, id::EXCHANGE_DECLARE_OK).await.map(|_| ())
 }
 
 /// Declares a durable queue.
 async fn queue(ch: &mut Channel, name: &str, args: &[(&str, &str)]) -> Result<(), Ended> {
-    ch.call(method::QUEUE_DECLARE, method::QUEUE_DECLARE_OK, |o| {
-        o.extend_from_slice(&0u16.to_be_bytes());
-        wire::short_str(o, name);
-        o.push(0b10); // durable
-        string_args(o, args);
-    })
-    .await
-    .map(|_| ())
+    let args = string_args(args);
+    let declare = Method::QueueDeclare {
+        queue: name,
+        passive: false,
+        durable: true,
+        arguments: Table::Fields(&args),
+    };
+    ch.call(&declare, id::QUEUE_DECLARE_OK).await.map(|_| ())
 }
 
 /// Declares the topology (idempotent).
@@ -151,15 +151,13 @@ async fn declare_on(ch: &mut Channel, t: &Topology) -> Result<(), Ended> {
         .collect();
     exchange(ch, t.main_exchange, t.main_kind, &alternate).await?;
     exchange(ch, &t.peer_exchange, "x-random", &[]).await?;
-    ch.call(method::EXCHANGE_BIND, method::EXCHANGE_BIND_OK, |o| {
-        o.extend_from_slice(&0u16.to_be_bytes());
-        wire::short_str(o, &t.peer_exchange); // destination
-        wire::short_str(o, t.main_exchange); // source
-        wire::short_str(o, &t.binding_key);
-        o.push(0);
-        o.extend_from_slice(&[0; 4]);
-    })
-    .await?;
+    let bind = Method::ExchangeBind {
+        destination: &t.peer_exchange,
+        source: t.main_exchange,
+        routing_key: &t.binding_key,
+        arguments: Table::EMPTY,
+    };
+    ch.call(&bind, id::EXCHANGE_BIND_OK).await?;
     // Classic queues are declared without `x-queue-type`, as they always
     // were, so that existing ones stay equivalent.
     let quorum: &[(&str, &str)] = match t.quorum {
@@ -173,15 +171,13 @@ async fn declare_on(ch: &mut Channel, t: &Topology) -> Result<(), Ended> {
     ];
     dead_letters.extend_from_slice(quorum);
     queue(ch, &t.queue, &dead_letters).await?;
-    ch.call(method::QUEUE_BIND, method::QUEUE_BIND_OK, |o| {
-        o.extend_from_slice(&0u16.to_be_bytes());
-        wire::short_str(o, &t.queue);
-        wire::short_str(o, &t.peer_exchange);
-        wire::short_str(o, "");
-        o.push(0);
-        o.extend_from_slice(&[0; 4]);
-    })
-    .await?;
+    let bind = Method::QueueBind {
+        queue: &t.queue,
+        exchange: &t.peer_exchange,
+        routing_key: "",
+        arguments: Table::EMPTY,
+    };
+    ch.call(&bind, id::QUEUE_BIND_OK).await?;
     Ok(())
 }
 
@@ -190,15 +186,14 @@ async fn declare_on(ch: &mut Channel, t: &Topology) -> Result<(), Ended> {
 pub async fn check_exchange(conn: &SharedConnection, exchange: &str) -> Result<(), BridgeError> {
     checked_name(exchange)?;
     let mut ch = conn.channel().await?;
-    let found = ch
-        .call(method::EXCHANGE_DECLARE, method::EXCHANGE_DECLARE_OK, |o| {
-            o.extend_from_slice(&0u16.to_be_bytes());
-            wire::short_str(o, exchange);
-            wire::short_str(o, "topic");
-            o.push(0b1); // passive
-            o.extend_from_slice(&[0; 4]);
-        })
-        .await;
+    let check = Method::ExchangeDeclare {
+        exchange,
+        kind: "topic",
+        passive: true,
+        durable: false,
+        arguments: Table::EMPTY,
+    };
+    let found = ch.call(&check, id::EXCHANGE_DECLARE_OK).await;
     let found = match found {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(404) => Err(BridgeError::NoExchange(exchange.to_string())),
