@@ -19,6 +19,8 @@
 pub(crate) mod codec;
 pub(crate) mod content;
 pub(crate) mod method;
+#[cfg(test)]
+mod oracle_tests;
 
 pub(crate) use content::Properties;
 pub(crate) use method::{id, Method};
