@@ -204,7 +204,10 @@ pub(crate) type ChannelConn = conn::Conn<Channels>;
 
 /// Starts the tasks of a connection that serves channels; each call on
 /// it may wait `deadline` for its reply.
-pub(crate) fn start(opened: conn::Opened, deadline: Duration) -> (Arc<ChannelConn>, tokio::task::JoinHandle<()>) {
+pub(crate) fn start(
+    opened: conn::Opened,
+    deadline: Duration,
+) -> (Arc<ChannelConn>, tokio::task::JoinHandle<()>) {
     let conn = Arc::new(ChannelConn::new(Channels {
         out: Out::new(),
         open: HashMap::new(),
@@ -235,7 +238,10 @@ fn handle(conn: &ChannelConn, arrival: Arrival) -> Result<(), Violation> {
                 body,
             });
         }
-        Method::BasicCancel { consumer_tag, no_wait } => {
+        Method::BasicCancel {
+            consumer_tag,
+            no_wait,
+        } => {
             tracing::warn!("RabbitMQ cancelled a consumer (its queue was deleted?)");
             if !no_wait {
                 conn.send(|o| wire::method_frame(o, number, &Method::BasicCancelOk { consumer_tag }));

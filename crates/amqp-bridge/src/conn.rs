@@ -188,7 +188,9 @@ impl<S: ConnState> Conn<S> {
         tracing::error!("RabbitMQ broke the AMQP protocol: {v}; closing the connection");
         let mut state = self.state();
         state.out().request_close(v.code, &v.text, false);
-        state.fail_all(BridgeError::Amqp(format!("RabbitMQ broke the AMQP protocol: {v}")));
+        state.fail_all(BridgeError::Amqp(format!(
+            "RabbitMQ broke the AMQP protocol: {v}"
+        )));
         drop(state);
         self.wake_all();
     }
@@ -238,11 +240,19 @@ pub(crate) struct Opened {
 impl Opened {
     /// Calls `m` on `channel` before the connection's tasks start (the
     /// publisher's channel), within `deadline`.
-    pub async fn call(&mut self, channel: u16, m: &Method<'_>, want: (u16, u16), deadline: Duration) -> Result<(), String> {
+    pub async fn call(
+        &mut self,
+        channel: u16,
+        m: &Method<'_>,
+        want: (u16, u16),
+        deadline: Duration,
+    ) -> Result<(), String> {
         let mut out = Vec::with_capacity(64);
         wire::method_frame(&mut out, channel, m);
         let call = async {
-            send(&mut self.writer, &mut out).await.map_err(|e| e.to_string())?;
+            send(&mut self.writer, &mut out)
+                .await
+                .map_err(|e| e.to_string())?;
             expect(&mut self.reader, &mut self.writer, want).await.map(|_| ())
         };
         match tokio::time::timeout(deadline, call).await {
@@ -261,13 +271,22 @@ impl Opened {
         H: FnMut(&Conn<S>, Arrival) -> Result<(), Violation> + Send + 'static,
     {
         let writer = tokio::spawn(write_loop(conn.clone(), self.writer, self.heartbeat));
-        tokio::spawn(read_loop(conn.clone(), self.reader, self.heartbeat, writer, handle))
+        tokio::spawn(read_loop(
+            conn.clone(),
+            self.reader,
+            self.heartbeat,
+            writer,
+            handle,
+        ))
     }
 }
 
 /// "RabbitMQ did not answer queue.declare within 5s".
 pub(crate) fn no_answer(m: (u16, u16), deadline: Duration) -> String {
-    format!("RabbitMQ did not answer {} within {deadline:?}", wire::method::name(m))
+    format!(
+        "RabbitMQ did not answer {} within {deadline:?}",
+        wire::method::name(m)
+    )
 }
 
 /// Opens a connection to `url`, within the URL's `timeout` or the
@@ -301,7 +320,10 @@ async fn handshake(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> Res
     let (reader, mut writer): (Reader, Writer) = if let Some(connector) = tls {
         let name = rustls_pki_types::ServerName::try_from(e.host.clone())
             .map_err(|err| format!("invalid host name \"{}\": {err}", e.host))?;
-        let tls = connector.connect(name, tcp).await.map_err(|err| err.to_string())?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|err| err.to_string())?;
         let (r, w) = tokio::io::split(tls);
         (Box::new(r), Box::new(w))
     } else {
@@ -352,7 +374,9 @@ async fn handshake(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> Res
     };
     let frame_max = match offer.frame_max {
         0 => wire::FRAME_MAX,
-        n if n < wire::FRAME_MIN_SIZE => return Err(format!("the broker's frame_max of {n} is below the spec's 4096")),
+        n if n < wire::FRAME_MIN_SIZE => {
+            return Err(format!("the broker's frame_max of {n} is below the spec's 4096"))
+        }
         n => n.min(wire::FRAME_MAX),
     };
     let heartbeat = e.heartbeat.unwrap_or(offer.heartbeat);
@@ -370,7 +394,11 @@ async fn handshake(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> Res
         reader,
         writer,
         frame_max: frame_max as usize,
-        channel_max: if offer.channel_max == 0 { u16::MAX } else { offer.channel_max },
+        channel_max: if offer.channel_max == 0 {
+            u16::MAX
+        } else {
+            offer.channel_max
+        },
         heartbeat: Duration::from_secs(heartbeat.into()),
     })
 }
@@ -408,7 +436,10 @@ fn client_properties(name: &str) -> [(&str, FieldValue<'_>); 5] {
     ];
     [
         ("product", FieldValue::LongStr(b"swpt-gateway")),
-        ("version", FieldValue::LongStr(env!("CARGO_PKG_VERSION").as_bytes())),
+        (
+            "version",
+            FieldValue::LongStr(env!("CARGO_PKG_VERSION").as_bytes()),
+        ),
         ("platform", FieldValue::LongStr(b"Rust")),
         ("connection_name", FieldValue::LongStr(name.as_bytes())),
         ("capabilities", FieldValue::Table(Table::Fields(CAPABILITIES))),
@@ -442,7 +473,11 @@ async fn refuse(writer: &mut Writer, v: &Violation) {
 /// The next method before the connection's tasks start, which must be
 /// `want`. A `connection.close` instead is RabbitMQ's refusal: answered
 /// with `close-ok`, and its reason is the error.
-async fn expect(reader: &mut FrameReader<Reader>, writer: &mut Writer, want: (u16, u16)) -> Result<wire::Frame, String> {
+async fn expect(
+    reader: &mut FrameReader<Reader>,
+    writer: &mut Writer,
+    want: (u16, u16),
+) -> Result<wire::Frame, String> {
     loop {
         let frame = match reader.next().await {
             Ok(frame) => frame,
@@ -463,7 +498,9 @@ async fn expect(reader: &mut FrameReader<Reader>, writer: &mut Writer, want: (u1
             return Ok(frame);
         }
         let refusal = match frame.method() {
-            Ok(Method::ConnectionClose(r)) | Ok(Method::ChannelClose(r)) => Some((r.code, r.text.to_string())),
+            Ok(Method::ConnectionClose(r)) | Ok(Method::ChannelClose(r)) => {
+                Some((r.code, r.text.to_string()))
+            }
             _ => None,
         };
         if let Some((code, text)) = refusal {
@@ -623,7 +660,9 @@ async fn read_loop<S, H>(
             Err(ReadError::Violation(v)) => {
                 // The stream cannot be read further.
                 conn.close_for(&v);
-                break End::Failed(BridgeError::Amqp(format!("RabbitMQ broke the AMQP protocol: {v}")));
+                break End::Failed(BridgeError::Amqp(format!(
+                    "RabbitMQ broke the AMQP protocol: {v}"
+                )));
             }
         };
         match on_frame(&conn, frame, &mut assembler, &mut handle) {
@@ -648,7 +687,12 @@ async fn read_loop<S, H>(
 /// One frame: the connection's own (channel 0), a channel's close or
 /// flow, or the owner's (with its content); frames of a closing
 /// connection or channel are dropped, as the spec says.
-fn on_frame<S, H>(conn: &Conn<S>, frame: wire::Frame, assembler: &mut Assembler, handle: &mut H) -> Result<Option<End>, Violation>
+fn on_frame<S, H>(
+    conn: &Conn<S>,
+    frame: wire::Frame,
+    assembler: &mut Assembler,
+    handle: &mut H,
+) -> Result<Option<End>, Violation>
 where
     S: ConnState,
     H: FnMut(&Conn<S>, Arrival) -> Result<(), Violation>,
@@ -698,7 +742,11 @@ where
         }
         Method::ChannelFlow { active } => {
             conn.state().flow(ch, active);
-            wire::method_frame(&mut conn.state().out().control, ch, &Method::ChannelFlowOk { active });
+            wire::method_frame(
+                &mut conn.state().out().control,
+                ch,
+                &Method::ChannelFlowOk { active },
+            );
             conn.wake_writer.notify_one();
         }
         _ => handle(conn, arrival)?,

@@ -66,7 +66,10 @@ impl Consumer {
             consumer_tag: "",
             arguments: Table::EMPTY,
         };
-        channel.call(&consume, id::BASIC_CONSUME_OK).await.map_err(|e| e.error)?;
+        channel
+            .call(&consume, id::BASIC_CONSUME_OK)
+            .await
+            .map_err(|e| e.error)?;
         Ok(Consumer {
             channel,
             queue: queue.to_string(),

@@ -183,15 +183,13 @@ impl Endpoint {
     fn set(&mut self, key: &str, value: &str, url: &str) -> Result<(), String> {
         let path = || Some(PathBuf::from(value));
         match key {
-            "heartbeat" => {
-                self.heartbeat = Some(value.parse::<u16>().unwrap_or_else(|_| {
-                    warn_once(format!(
-                        "heartbeat \"{value}\" in {} is not a number of seconds (0 to 65535): heartbeats are off",
-                        redact_url(url)
-                    ));
-                    0
-                }))
-            }
+            "heartbeat" => self.heartbeat = Some(value.parse::<u16>().unwrap_or_else(|_| {
+                warn_once(format!(
+                    "heartbeat \"{value}\" in {} is not a number of seconds (0 to 65535): heartbeats are off",
+                    redact_url(url)
+                ));
+                0
+            })),
             "timeout" => match value.parse::<f64>() {
                 Ok(s) if s.is_finite() && s > 0.0 => self.timeout = Some(Duration::from_secs_f64(s)),
                 _ => warn_once(format!(
@@ -352,14 +350,30 @@ mod tests {
         assert_eq!(t.certfile.as_deref(), Some(Path::new("/crt.pem")));
         assert_eq!(t.keyfile.as_deref(), Some(Path::new("/key.pem")));
         assert!(!t.no_verify, "no_verify_ssl=0 verifies");
-        assert!(Endpoint::parse("amqps://h/?no_verify_ssl=1").unwrap().tls_options.no_verify);
-        assert!(Endpoint::parse("amqps://h/?no_verify_ssl=yes").unwrap().tls_options.no_verify);
-        assert_eq!(Endpoint::parse("amqp://h/?auth=amqplain").unwrap().auth, Auth::AmqPlain);
+        assert!(
+            Endpoint::parse("amqps://h/?no_verify_ssl=1")
+                .unwrap()
+                .tls_options
+                .no_verify
+        );
+        assert!(
+            Endpoint::parse("amqps://h/?no_verify_ssl=yes")
+                .unwrap()
+                .tls_options
+                .no_verify
+        );
+        assert_eq!(
+            Endpoint::parse("amqp://h/?auth=amqplain").unwrap().auth,
+            Auth::AmqPlain
+        );
         assert_eq!(Endpoint::parse("amqp://h/").unwrap().auth, Auth::Plain);
         assert!(Endpoint::parse("amqp://u:pw@h/?auth=kerberos")
             .is_err_and(|e| e.contains("kerberos") && !e.contains("pw")));
         // Not a number: off, as the Python gateway reads it (with a warning).
-        assert_eq!(Endpoint::parse("amqp://h/v?heartbeat=x").unwrap().heartbeat, Some(0));
+        assert_eq!(
+            Endpoint::parse("amqp://h/v?heartbeat=x").unwrap().heartbeat,
+            Some(0)
+        );
         assert_eq!(Endpoint::parse("amqp://h/v").unwrap().heartbeat, None);
         // An unknown parameter is warned about, not fatal.
         assert!(Endpoint::parse("amqp://h/v?frobnicate=1").is_ok());

@@ -62,13 +62,20 @@ pub fn read(data: &[u8], cuts: &[usize], frame_max: usize) -> Read {
 fn decode(a: Arrival) -> Result<((u16, u16), Option<usize>), wire::Violation> {
     let m = a.method.method()?;
     let mut tables = Vec::new();
-    if let wire::Method::ConnectionStart { server_properties, .. } = m {
+    if let wire::Method::ConnectionStart {
+        server_properties, ..
+    } = m
+    {
         tables.push(server_properties);
     }
     let mut size = None;
     if let Some((header, body)) = &a.content {
         let (declared, p) = Properties::decode(&header.payload)?;
-        assert_eq!(declared, body.len() as u64, "assembled a body of another size than declared");
+        assert_eq!(
+            declared,
+            body.len() as u64,
+            "assembled a body of another size than declared"
+        );
         tables.extend(p.headers);
         size = Some(body.len());
     }

@@ -31,13 +31,13 @@ mod channels;
 mod conn;
 pub mod consumer;
 pub mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod publisher;
 pub mod shared;
 mod tls;
 pub mod topology;
 mod wire;
-#[doc(hidden)]
-pub mod fuzzing;
 
 pub use channels::InMessage;
 pub use consumer::{check_queue, Consumer};

@@ -204,7 +204,9 @@ impl Publisher {
         ];
         for (m, want) in steps {
             if let Err(e) = opened.call(CHANNEL, &m, want, deadline).await {
-                return Err(BridgeError::Amqp(format!("opening the publishing channel failed: {e}")));
+                return Err(BridgeError::Amqp(format!(
+                    "opening the publishing channel failed: {e}"
+                )));
             }
         }
         let link = Arc::new(Link::new(State {
@@ -272,8 +274,15 @@ impl Publisher {
             }
             let wake = state.out.outbox.is_empty();
             let frame_max = state.frame_max;
-            wire::publish(&mut state.out.outbox, CHANNEL, &publish, &properties, m.body, frame_max)
-                .map_err(BridgeError::TooLarge)?;
+            wire::publish(
+                &mut state.out.outbox,
+                CHANNEL,
+                &publish,
+                &properties,
+                m.body,
+                frame_max,
+            )
+            .map_err(BridgeError::TooLarge)?;
             let seq = state.next_seq;
             state.next_seq += 1;
             state.pending.push_back(Unconfirmed {
@@ -378,12 +387,19 @@ impl Status {
 /// Handles one method (with its content) on the publishing channel.
 fn handle(link: &Link, arrival: Arrival) -> Result<(), Violation> {
     match arrival.method.method()? {
-        Method::BasicAck { delivery_tag, multiple } => link.state().settle(delivery_tag, multiple, true),
+        Method::BasicAck {
+            delivery_tag,
+            multiple,
+        } => link.state().settle(delivery_tag, multiple, true),
         Method::BasicNack {
-            delivery_tag, multiple, ..
+            delivery_tag,
+            multiple,
+            ..
         } => link.state().settle(delivery_tag, multiple, false),
         Method::BasicReturn {
-            exchange, routing_key, ..
+            exchange,
+            routing_key,
+            ..
         } => {
             if let Some((_, body)) = &arrival.content {
                 link.state().mark_returned(exchange, routing_key, body);
@@ -392,7 +408,10 @@ fn handle(link: &Link, arrival: Arrival) -> Result<(), Violation> {
         other => {
             return Err(Violation::new(
                 wire::COMMAND_INVALID,
-                format!("an unexpected {} on the publishing channel", method::name(other.id())),
+                format!(
+                    "an unexpected {} on the publishing channel",
+                    method::name(other.id())
+                ),
             ))
         }
     }

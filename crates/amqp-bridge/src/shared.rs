@@ -108,7 +108,8 @@ impl SharedConnection {
             None => rand::random::<usize>(),
         };
         let broker = &self.broker;
-        let (opened, url_index) = try_urls(broker, start, |url| async move { conn::open(&url, broker).await }).await?;
+        let (opened, url_index) =
+            try_urls(broker, start, |url| async move { conn::open(&url, broker).await }).await?;
         let (conn, reader) = channels::start(opened, broker.timeout);
         let number = CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1;
         self.up.store(number, Ordering::Relaxed);
@@ -146,7 +147,8 @@ impl SharedConnection {
     pub async fn publisher(&self, confirm_timeout: Duration) -> Result<Publisher, BridgeError> {
         let (_, start) = self.live().await?;
         let broker = &self.broker;
-        let (opened, _) = try_urls(broker, start, |url| async move { conn::open(&url, broker).await }).await?;
+        let (opened, _) =
+            try_urls(broker, start, |url| async move { conn::open(&url, broker).await }).await?;
         Publisher::start(opened, confirm_timeout, broker.timeout).await
     }
 

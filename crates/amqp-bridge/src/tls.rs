@@ -75,7 +75,9 @@ fn roots(ca_file: Option<&Path>, options: &TlsOptions) -> Result<RootCertStore, 
 }
 
 /// The client certificate chain and key of `certfile` / `keyfile`.
-fn client_identity(options: &TlsOptions) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, String> {
+fn client_identity(
+    options: &TlsOptions,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, String> {
     let Some(certfile) = &options.certfile else {
         if let Some(keyfile) = &options.keyfile {
             return Err(format!("keyfile {} is given without certfile", keyfile.display()));
@@ -84,7 +86,10 @@ fn client_identity(options: &TlsOptions) -> Result<Option<(Vec<CertificateDer<'s
     };
     let certs = pem_certs(certfile)?;
     if certs.is_empty() {
-        return Err(format!("certfile {}: no PEM certificate found", certfile.display()));
+        return Err(format!(
+            "certfile {}: no PEM certificate found",
+            certfile.display()
+        ));
     }
     let keyfile = options.keyfile.as_ref().unwrap_or(certfile);
     let key = PrivateKeyDer::from_pem_file(keyfile)
@@ -137,7 +142,10 @@ impl ServerCertVerifier for NoVerify {
 /// The TLS client set-up for one URL: rustls with ring, TLS 1.2 or 1.3,
 /// the roots of [`roots`] (or none checked), the client certificate if
 /// the URL names one.
-pub(crate) fn connector(ca_file: Option<&Path>, options: &TlsOptions) -> Result<tokio_rustls::TlsConnector, String> {
+pub(crate) fn connector(
+    ca_file: Option<&Path>,
+    options: &TlsOptions,
+) -> Result<tokio_rustls::TlsConnector, String> {
     let provider = Arc::new(ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

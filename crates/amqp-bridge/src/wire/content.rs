@@ -180,7 +180,11 @@ impl Assembler {
                 Ok(None)
             }
             FRAME_HEADER => {
-                let Some(p) = self.partial.get_mut(&frame.channel).filter(|p| p.header.is_none()) else {
+                let Some(p) = self
+                    .partial
+                    .get_mut(&frame.channel)
+                    .filter(|p| p.header.is_none())
+                else {
                     return Err(unexpected(format!(
                         "a content header on channel {} without a method before it",
                         frame.channel
@@ -191,7 +195,11 @@ impl Assembler {
                 Ok(self.complete_if_full(channel))
             }
             FRAME_BODY => {
-                let Some(p) = self.partial.get_mut(&frame.channel).filter(|p| p.header.is_some()) else {
+                let Some(p) = self
+                    .partial
+                    .get_mut(&frame.channel)
+                    .filter(|p| p.header.is_some())
+                else {
                     return Err(unexpected(format!(
                         "a body frame on channel {} without a content header before it",
                         frame.channel
@@ -211,7 +219,9 @@ impl Assembler {
                 }
                 Ok(self.complete_if_full(frame.channel))
             }
-            other => Err(unexpected(format!("a frame of type {other} in the content stream"))),
+            other => Err(unexpected(format!(
+                "a frame of type {other} in the content stream"
+            ))),
         }
     }
 

@@ -248,7 +248,10 @@ pub(crate) fn name(m: (u16, u16)) -> String {
 
 /// Whether a method is followed by a content header and body.
 pub(crate) fn carries_content(m: (u16, u16)) -> bool {
-    matches!(m, id::BASIC_PUBLISH | id::BASIC_RETURN | id::BASIC_DELIVER | (60, 71))
+    matches!(
+        m,
+        id::BASIC_PUBLISH | id::BASIC_RETURN | id::BASIC_DELIVER | (60, 71)
+    )
 }
 
 impl<'a> Method<'a> {
@@ -344,7 +347,7 @@ impl<'a> Method<'a> {
                 put_u16(o, r.method);
             }
             ConnectionBlocked { reason } => put_short_str(o, reason),
-            ChannelOpen => put_short_str(o, ""), // out-of-band
+            ChannelOpen => put_short_str(o, ""),   // out-of-band
             ChannelOpenOk => put_long_str(o, b""), // channel-id
             ChannelFlow { active } | ChannelFlowOk { active } => put_bits(o, &[active]),
             ExchangeDeclare {
@@ -425,8 +428,13 @@ impl<'a> Method<'a> {
                 put_bits(o, &[false, false, false, false]);
                 arguments.encode(o);
             }
-            BasicConsumeOk { consumer_tag } | BasicCancelOk { consumer_tag } => put_short_str(o, consumer_tag),
-            BasicCancel { consumer_tag, no_wait } => {
+            BasicConsumeOk { consumer_tag } | BasicCancelOk { consumer_tag } => {
+                put_short_str(o, consumer_tag)
+            }
+            BasicCancel {
+                consumer_tag,
+                no_wait,
+            } => {
                 put_short_str(o, consumer_tag);
                 put_bits(o, &[no_wait]);
             }
@@ -464,11 +472,17 @@ impl<'a> Method<'a> {
                 put_short_str(o, exchange);
                 put_short_str(o, routing_key);
             }
-            BasicAck { delivery_tag, multiple } => {
+            BasicAck {
+                delivery_tag,
+                multiple,
+            } => {
                 put_u64(o, delivery_tag);
                 put_bits(o, &[multiple]);
             }
-            BasicReject { delivery_tag, requeue } => {
+            BasicReject {
+                delivery_tag,
+                requeue,
+            } => {
                 put_u64(o, delivery_tag);
                 put_bits(o, &[requeue]);
             }
@@ -532,7 +546,9 @@ impl<'a> Method<'a> {
             }
             id::CONNECTION_CLOSE => ConnectionClose(reason(&mut d)?),
             id::CONNECTION_CLOSE_OK => ConnectionCloseOk,
-            id::CONNECTION_BLOCKED => ConnectionBlocked { reason: d.short_str()? },
+            id::CONNECTION_BLOCKED => ConnectionBlocked {
+                reason: d.short_str()?,
+            },
             id::CONNECTION_UNBLOCKED => ConnectionUnblocked,
             id::CHANNEL_OPEN => {
                 d.short_str()?;

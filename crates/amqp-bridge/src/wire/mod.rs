@@ -94,7 +94,9 @@ impl Frame {
     /// The `(class, method)` id of a method frame.
     pub fn method_id(&self) -> Option<(u16, u16)> {
         match (self.kind, self.payload.get(..4)) {
-            (FRAME_METHOD, Some(p)) => Some((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))),
+            (FRAME_METHOD, Some(p)) => {
+                Some((u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])))
+            }
             _ => None,
         }
     }
@@ -114,7 +116,10 @@ pub(crate) fn parse(buf: &[u8], frame_max: usize) -> Result<Option<(Frame, usize
         ));
     }
     if !matches!(kind, FRAME_METHOD | FRAME_HEADER | FRAME_BODY | FRAME_HEARTBEAT) {
-        return Err(Violation::new(FRAME_ERROR, format!("a frame of unknown type {kind}")));
+        return Err(Violation::new(
+            FRAME_ERROR,
+            format!("a frame of unknown type {kind}"),
+        ));
     }
     let channel = u16::from_be_bytes([h[1], h[2]]);
     let size = u32::from_be_bytes([h[3], h[4], h[5], h[6]]) as usize;
@@ -122,7 +127,10 @@ pub(crate) fn parse(buf: &[u8], frame_max: usize) -> Result<Option<(Frame, usize
     if size + FRAME_OVERHEAD > limit {
         return Err(Violation::new(
             FRAME_ERROR,
-            format!("a frame of {} bytes (at most {limit} allowed)", size + FRAME_OVERHEAD),
+            format!(
+                "a frame of {} bytes (at most {limit} allowed)",
+                size + FRAME_OVERHEAD
+            ),
         ));
     }
     let Some(&end) = buf.get(7 + size) else {
@@ -132,7 +140,10 @@ pub(crate) fn parse(buf: &[u8], frame_max: usize) -> Result<Option<(Frame, usize
         return Err(Violation::new(FRAME_ERROR, "a frame without its end octet"));
     }
     if kind == FRAME_HEARTBEAT && (channel != 0 || size != 0) {
-        return Err(Violation::new(FRAME_ERROR, "a heartbeat frame off channel 0 or with a payload"));
+        return Err(Violation::new(
+            FRAME_ERROR,
+            "a heartbeat frame off channel 0 or with a payload",
+        ));
     }
     let payload = buf[7..7 + size].to_vec();
     Ok(Some((

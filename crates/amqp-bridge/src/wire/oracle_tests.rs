@@ -10,8 +10,12 @@ use super::method::{Reason, Tune};
 use super::{Frame, Method, FRAME_MAX};
 use crate::HeaderValue;
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame};
-use amq_protocol::protocol::{basic, channel, confirm, connection, exchange, queue, AMQPClass, BasicProperties};
-use amq_protocol::types::{AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString};
+use amq_protocol::protocol::{
+    basic, channel, confirm, connection, exchange, queue, AMQPClass, BasicProperties,
+};
+use amq_protocol::types::{
+    AMQPValue, ByteArray, DecimalValue, FieldArray, FieldTable, LongString, ShortString,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -48,7 +52,9 @@ fn written_there(frame: &AMQPFrame) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let (f, used) = super::parse(&bytes[at..], FRAME_MAX as usize).unwrap().expect("a whole frame");
+        let (f, used) = super::parse(&bytes[at..], FRAME_MAX as usize)
+            .unwrap()
+            .expect("a whole frame");
         frames.push(f);
         at += used;
     }
@@ -90,7 +96,9 @@ fn every_method_we_write_is_what_we_meant() {
             ),
             (
                 Method::ConnectionOpen { vhost: &a },
-                AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open { virtual_host: s(&a) })),
+                AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                    virtual_host: s(&a),
+                })),
             ),
             (
                 Method::ConnectionClose(Reason {
@@ -110,7 +118,10 @@ fn every_method_we_write_is_what_we_meant() {
                 Method::ConnectionCloseOk,
                 AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
             ),
-            (Method::ChannelOpen, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))),
+            (
+                Method::ChannelOpen,
+                AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            ),
             (
                 Method::ChannelClose(Reason {
                     code: 200,
@@ -125,7 +136,10 @@ fn every_method_we_write_is_what_we_meant() {
                     method_id: 0,
                 })),
             ),
-            (Method::ChannelCloseOk, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {}))),
+            (
+                Method::ChannelCloseOk,
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+            ),
             (
                 Method::ChannelFlowOk { active: flag },
                 AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: flag })),
@@ -201,7 +215,9 @@ fn every_method_we_write_is_what_we_meant() {
                 })),
             ),
             (
-                Method::BasicQos { prefetch_count: count },
+                Method::BasicQos {
+                    prefetch_count: count,
+                },
                 AMQPClass::Basic(basic::AMQPMethod::Qos(basic::Qos {
                     prefetch_count: count,
                     global: false,
@@ -225,7 +241,9 @@ fn every_method_we_write_is_what_we_meant() {
             ),
             (
                 Method::BasicCancelOk { consumer_tag: &a },
-                AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: s(&a) })),
+                AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                    consumer_tag: s(&a),
+                })),
             ),
             (
                 Method::BasicPublish {
@@ -372,7 +390,10 @@ fn every_publish_we_write_is_what_we_meant() {
         let AMQPFrame::Method(3, AMQPClass::Basic(basic::AMQPMethod::Publish(p))) = &frames[0] else {
             panic!("not a publish: {:?}", frames[0]);
         };
-        assert_eq!((p.exchange.as_str(), p.routing_key.as_str()), (exchange.as_str(), key.as_str()));
+        assert_eq!(
+            (p.exchange.as_str(), p.routing_key.as_str()),
+            (exchange.as_str(), key.as_str())
+        );
         assert!(p.mandatory && !p.immediate);
         let AMQPFrame::Header(3, 60, h) = &frames[1] else {
             panic!("not a content header");
@@ -387,7 +408,9 @@ fn every_publish_we_write_is_what_we_meant() {
         assert_eq!(h.properties, want);
         let mut joined = Vec::new();
         for f in &frames[2..] {
-            let AMQPFrame::Body(3, chunk) = f else { panic!("not a body frame") };
+            let AMQPFrame::Body(3, chunk) = f else {
+                panic!("not a body frame")
+            };
             assert!(chunk.len() + 8 <= frame_max, "a body frame over frame_max");
             joined.extend_from_slice(chunk);
         }
@@ -417,9 +440,13 @@ fn random_value(rng: &mut StdRng, depth: usize) -> AMQPValue {
         11 => AMQPValue::LongString(text(rng, 30).into()),
         12 => AMQPValue::Timestamp(rng.gen()),
         13 => AMQPValue::Void,
-        14 => AMQPValue::ByteArray(ByteArray::from((0..rng.gen_range(0..20)).map(|_| rng.gen()).collect::<Vec<u8>>())),
+        14 => AMQPValue::ByteArray(ByteArray::from(
+            (0..rng.gen_range(0..20)).map(|_| rng.gen()).collect::<Vec<u8>>(),
+        )),
         15 => AMQPValue::FieldArray(FieldArray::from(
-            (0..rng.gen_range(0..4)).map(|_| random_value(rng, depth + 1)).collect::<Vec<_>>(),
+            (0..rng.gen_range(0..4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect::<Vec<_>>(),
         )),
         _ => AMQPValue::FieldTable(random_table(rng, depth + 1)),
     }
@@ -463,9 +490,12 @@ fn same(ours: &FieldValue, theirs: &AMQPValue) -> bool {
 fn same_table(ours: &Table, theirs: &FieldTable) -> bool {
     let entries = ours.entries();
     entries.len() == theirs.inner().len()
-        && entries
-            .iter()
-            .all(|(k, v)| theirs.inner().get(&ShortString::from(*k)).is_some_and(|t| same(v, t)))
+        && entries.iter().all(|(k, v)| {
+            theirs
+                .inner()
+                .get(&ShortString::from(*k))
+                .is_some_and(|t| same(v, t))
+        })
 }
 
 #[test]
@@ -498,7 +528,10 @@ fn a_delivery_written_by_the_broker_is_read_whole() {
             exchange: "ex".into(),
             routing_key: "rk".into(),
         };
-        let mut frames = written_there(&AMQPFrame::Method(ch, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver))));
+        let mut frames = written_there(&AMQPFrame::Method(
+            ch,
+            AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)),
+        ));
         frames.extend(written_there(&AMQPFrame::Header(
             ch,
             60,
@@ -529,7 +562,10 @@ fn a_delivery_written_by_the_broker_is_read_whole() {
         else {
             panic!("not a deliver");
         };
-        assert_eq!((consumer_tag, delivery_tag, r, exchange, routing_key), ("ctag", tag, redelivered, "ex", "rk"));
+        assert_eq!(
+            (consumer_tag, delivery_tag, r, exchange, routing_key),
+            ("ctag", tag, redelivered, "ex", "rk")
+        );
         let (header, got_body) = a.content.unwrap();
         assert_eq!(got_body, body);
         let (size, p) = Properties::decode(&header.payload).unwrap();
@@ -540,7 +576,10 @@ fn a_delivery_written_by_the_broker_is_read_whole() {
         assert!(s(p.expiration, props.expiration()) && s(p.message_id, props.message_id()));
         assert!(s(p.kind, props.kind()) && s(p.user_id, props.user_id()));
         assert!(s(p.app_id, props.app_id()) && s(p.cluster_id, props.cluster_id()));
-        assert_eq!((p.delivery_mode, p.priority, p.timestamp), (*props.delivery_mode(), *props.priority(), *props.timestamp()));
+        assert_eq!(
+            (p.delivery_mode, p.priority, p.timestamp),
+            (*props.delivery_mode(), *props.priority(), *props.timestamp())
+        );
         assert!(same_table(&p.headers.unwrap(), &headers), "headers {headers:?}");
     }
 }
@@ -554,8 +593,13 @@ fn what_else_a_broker_sends_is_read_as_it_should_be() {
         let ch = rng.gen_range(1..=u16::MAX);
         let read = |class| their_method(ch, class);
 
-        let f = read(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple })));
-        assert!(matches!(f.method().unwrap(), Method::BasicAck { delivery_tag, multiple: m } if delivery_tag == tag && m == multiple));
+        let f = read(AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: tag,
+            multiple,
+        })));
+        assert!(
+            matches!(f.method().unwrap(), Method::BasicAck { delivery_tag, multiple: m } if delivery_tag == tag && m == multiple)
+        );
         let f = read(AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack {
             delivery_tag: tag,
             multiple,
@@ -575,7 +619,9 @@ fn what_else_a_broker_sends_is_read_as_it_should_be() {
             consumer_tag: reason.as_str().into(),
             nowait: multiple,
         })));
-        assert!(matches!(f.method().unwrap(), Method::BasicCancel { consumer_tag, no_wait } if consumer_tag == reason && no_wait == multiple));
+        assert!(
+            matches!(f.method().unwrap(), Method::BasicCancel { consumer_tag, no_wait } if consumer_tag == reason && no_wait == multiple)
+        );
         let f = read(AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
             reply_code: code,
             reply_text: reason.as_str().into(),
@@ -584,7 +630,9 @@ fn what_else_a_broker_sends_is_read_as_it_should_be() {
         })));
         assert!(matches!(f.method().unwrap(),
             Method::ChannelClose(r) if r == Reason { code, text: &reason, class: 50, method: 10 }));
-        let f = read(AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow { active: multiple })));
+        let f = read(AMQPClass::Channel(channel::AMQPMethod::Flow(channel::Flow {
+            active: multiple,
+        })));
         assert!(matches!(f.method().unwrap(), Method::ChannelFlow { active } if active == multiple));
         let f = read(AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
             queue: reason.as_str().into(),
@@ -593,58 +641,113 @@ fn what_else_a_broker_sends_is_read_as_it_should_be() {
         })));
         assert!(matches!(f.method().unwrap(),
             Method::QueueDeclareOk { queue, message_count, consumer_count: 7 } if queue == reason && message_count == tag as u32));
-        let f = their_method(0, AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
-            reply_code: code,
-            reply_text: reason.as_str().into(),
-            class_id: 0,
-            method_id: 0,
-        })));
-        assert!(matches!(f.method().unwrap(), Method::ConnectionClose(r) if r.code == code && r.text == reason));
-        let f = their_method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
-            reason: reason.as_str().into(),
-        })));
+        let f = their_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: code,
+                reply_text: reason.as_str().into(),
+                class_id: 0,
+                method_id: 0,
+            })),
+        );
+        assert!(
+            matches!(f.method().unwrap(), Method::ConnectionClose(r) if r.code == code && r.text == reason)
+        );
+        let f = their_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                reason: reason.as_str().into(),
+            })),
+        );
         assert!(matches!(f.method().unwrap(), Method::ConnectionBlocked { reason: r } if r == reason));
-        let f = their_method(0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})));
+        let f = their_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})),
+        );
         assert!(matches!(f.method().unwrap(), Method::ConnectionUnblocked));
-        let f = their_method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
-            channel_max: code,
-            frame_max: tag as u32,
-            heartbeat: 60,
-        })));
+        let f = their_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: code,
+                frame_max: tag as u32,
+                heartbeat: 60,
+            })),
+        );
         assert!(matches!(f.method().unwrap(),
             Method::ConnectionTune(t) if t == Tune { channel_max: code, frame_max: tag as u32, heartbeat: 60 }));
         let props = random_table(&mut rng, 0);
-        let f = their_method(0, AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
-            version_major: 0,
-            version_minor: 9,
-            server_properties: props.clone(),
-            mechanisms: "PLAIN AMQPLAIN EXTERNAL".into(),
-            locales: "en_US".into(),
-        })));
-        let Method::ConnectionStart { version, server_properties, mechanisms, .. } = f.method().unwrap() else {
+        let f = their_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: props.clone(),
+                mechanisms: "PLAIN AMQPLAIN EXTERNAL".into(),
+                locales: "en_US".into(),
+            })),
+        );
+        let Method::ConnectionStart {
+            version,
+            server_properties,
+            mechanisms,
+            ..
+        } = f.method().unwrap()
+        else {
             panic!("not a start");
         };
         assert_eq!((version, mechanisms), ((0, 9), &b"PLAIN AMQPLAIN EXTERNAL"[..]));
         assert!(same_table(&server_properties, &props));
         for (class, id) in [
-            (AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})), super::id::CONNECTION_OPEN_OK),
-            (AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})), super::id::CONNECTION_CLOSE_OK),
-            (AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})), super::id::CHANNEL_OPEN_OK),
-            (AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})), super::id::CHANNEL_CLOSE_OK),
-            (AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})), super::id::CONFIRM_SELECT_OK),
-            (AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})), super::id::EXCHANGE_DECLARE_OK),
-            (AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})), super::id::EXCHANGE_BIND_OK),
-            (AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})), super::id::QUEUE_BIND_OK),
-            (AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})), super::id::BASIC_QOS_OK),
             (
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: "t".into() })),
+                AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+                super::id::CONNECTION_OPEN_OK,
+            ),
+            (
+                AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                super::id::CONNECTION_CLOSE_OK,
+            ),
+            (
+                AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                super::id::CHANNEL_OPEN_OK,
+            ),
+            (
+                AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                super::id::CHANNEL_CLOSE_OK,
+            ),
+            (
+                AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                super::id::CONFIRM_SELECT_OK,
+            ),
+            (
+                AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                super::id::EXCHANGE_DECLARE_OK,
+            ),
+            (
+                AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                super::id::EXCHANGE_BIND_OK,
+            ),
+            (
+                AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                super::id::QUEUE_BIND_OK,
+            ),
+            (
+                AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                super::id::BASIC_QOS_OK,
+            ),
+            (
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: "t".into(),
+                })),
                 super::id::BASIC_CONSUME_OK,
             ),
         ] {
             assert_eq!(read(class).method().unwrap().id(), id);
         }
         let beat = written_there(&AMQPFrame::Heartbeat(0));
-        assert_eq!((beat[0].kind, beat[0].channel, beat[0].payload.len()), (super::FRAME_HEARTBEAT, 0, 0));
+        assert_eq!(
+            (beat[0].kind, beat[0].channel, beat[0].payload.len()),
+            (super::FRAME_HEARTBEAT, 0, 0)
+        );
     }
     // An array of values built here is written as amq-protocol reads it.
     let values = [FieldValue::I32(-7), FieldValue::LongStr(b"x")];
