@@ -66,7 +66,12 @@ pub struct Metrics {
     drainer: DrainerFamilies,
     expiry: ExpiryFamilies,
     not_after: Mutex<NotAfter>,
+    /// Says whether RabbitMQ blocks publishing now (the publisher's state).
+    blocked_probe: Mutex<Option<BlockedProbe>>,
 }
+
+/// Why RabbitMQ blocks publishing, if it does.
+pub type BlockedProbe = Box<dyn Fn() -> Option<String> + Send>;
 
 /// The server's: connections, SENDs, handshakes.
 struct ServerFamilies {
@@ -86,6 +91,9 @@ struct ServerFamilies {
 struct ConfirmFamilies {
     pending: IntGauge,
     seconds: Histogram,
+    /// 1 while RabbitMQ blocks publishing (a memory or disk alarm),
+    /// read from the publisher at each scrape.
+    blocked: IntGauge,
 }
 
 /// The client's, by link (peer and queue).
@@ -197,6 +205,13 @@ impl ConfirmFamilies {
                     "From publish to RabbitMQ's confirmation.",
                 )),
             ),
+            blocked: add(
+                r,
+                IntGauge::new(
+                    "swpt_broker_blocked",
+                    "1 while RabbitMQ blocks publishing (a memory or disk alarm), else 0.",
+                ),
+            ),
         }
     }
 }
@@ -283,14 +298,23 @@ impl Metrics {
             drainer: DrainerFamilies::new(&r),
             expiry: ExpiryFamilies::new(&r),
             not_after: Mutex::new(NotAfter::default()),
+            blocked_probe: Mutex::new(None),
             registry: r,
         }
+    }
+
+    /// Where `swpt_broker_blocked` is read from at each scrape.
+    pub fn watch_blocked(&self, probe: BlockedProbe) {
+        *self.blocked_probe.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe);
     }
 
     /// The Prometheus text exposition of every metric, the expiry gauges
     /// computed now.
     pub fn render(&self) -> String {
         self.update_expiry(unix_now());
+        if let Some(probe) = &*self.blocked_probe.lock().unwrap_or_else(|e| e.into_inner()) {
+            self.confirms.blocked.set(i64::from(probe().is_some()));
+        }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!("cannot encode the metrics: {e}");

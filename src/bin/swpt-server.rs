@@ -50,12 +50,8 @@ fn main() {
         if http.is_some() {
             ctx.broker.keep_open(std::time::Duration::from_secs(2));
         }
-        let broker = ctx.broker.clone();
-        let ready = move || match broker.is_up() {
-            true => Ok(()),
-            false => Err("no connection to RabbitMQ".to_string()),
-        };
-        swpt_gateway::http::serve(http, std::sync::Arc::new(ready), shutdown.clone());
+        let ready = ctx.readiness();
+        swpt_gateway::http::serve(http, ready, shutdown.clone());
         serve(listener, ctx, shutdown).await;
         Ok(())
     })

@@ -50,7 +50,7 @@ pub struct ServerContext {
     acceptor: RwLock<TlsAcceptor>,
     pub broker: Arc<SharedConnection>,
     /// One confirming channel for every connection's publishes.
-    pub publisher: SharedPublisher,
+    pub publisher: Arc<SharedPublisher>,
     pub buffer: usize,
     pub internal: Internal,
     pub timing: Timing,
@@ -58,6 +58,26 @@ pub struct ServerContext {
 }
 
 impl ServerContext {
+    /// `/readyz`: ready while RabbitMQ can be reached and does not block
+    /// publishing (a memory or disk alarm); the same state feeds the
+    /// `swpt_broker_blocked` gauge.
+    pub fn readiness(&self) -> crate::http::Readiness {
+        let (broker, publisher) = (self.broker.clone(), self.publisher.clone());
+        if let Some(m) = crate::metrics::get() {
+            let p = publisher.clone();
+            m.watch_blocked(Box::new(move || p.blocked()));
+        }
+        Arc::new(move || {
+            if let Some(reason) = publisher.blocked() {
+                return Err(format!("RabbitMQ blocked publishing: {reason}"));
+            }
+            match broker.is_up() {
+                true => Ok(()),
+                false => Err("no connection to RabbitMQ".to_string()),
+            }
+        })
+    }
+
     /// Reads the node database (and starts watching it), the certificate
     /// and key and every peer's root, and prepares the TLS acceptor and the
     /// broker connection (opened lazily).
@@ -81,7 +101,10 @@ impl ServerContext {
         let broker = SharedConnection::new(internal.broker(broker_url));
         let ctx = Arc::new(ServerContext {
             acceptor: RwLock::new(acceptor),
-            publisher: SharedPublisher::new(broker.clone(), internal.rmq_confirmation_timeout()),
+            publisher: Arc::new(SharedPublisher::new(
+                broker.clone(),
+                internal.rmq_confirmation_timeout(),
+            )),
             broker,
             timing: internal.timing(),
             node: snapshot.node.clone(),

@@ -305,8 +305,21 @@ pub(crate) async fn open(url: &str, broker: &BrokerSettings) -> Result<Opened, B
     let timeout = endpoint.timeout.unwrap_or(broker.timeout);
     match tokio::time::timeout(timeout, handshake(&endpoint, tls)).await {
         Ok(Ok(opened)) => Ok(opened),
-        Ok(Err(reason)) => Err(err(reason)),
+        Ok(Err(reason)) => Err(err(client_certificate_hint(&endpoint, reason))),
         Err(_) => Err(err(format!("no answer within {timeout:?}"))),
+    }
+}
+
+/// Under TLS 1.3 a broker refuses a client certificate after the TLS
+/// handshake: the connection just ends (reset, or an alert). Says so.
+fn client_certificate_hint(e: &Endpoint, reason: String) -> String {
+    let ended = ["reset", "alert", "closed the connection", "broken pipe", "eof"];
+    match &e.tls_options.certfile {
+        Some(cert) if e.tls && ended.iter().any(|w| reason.to_lowercase().contains(w)) => format!(
+            "{reason} (the connection ended before RabbitMQ spoke: does it trust the client certificate {}?)",
+            cert.display()
+        ),
+        _ => reason,
     }
 }
 

@@ -183,13 +183,15 @@ impl Endpoint {
     fn set(&mut self, key: &str, value: &str, url: &str) -> Result<(), String> {
         let path = || Some(PathBuf::from(value));
         match key {
-            "heartbeat" => self.heartbeat = Some(value.parse::<u16>().unwrap_or_else(|_| {
-                warn_once(format!(
+            "heartbeat" => {
+                self.heartbeat = Some(value.parse::<u16>().unwrap_or_else(|_| {
+                    warn_once(format!(
                     "heartbeat \"{value}\" in {} is not a number of seconds (0 to 65535): heartbeats are off",
                     redact_url(url)
                 ));
-                0
-            })),
+                    0
+                }))
+            }
             "timeout" => match value.parse::<f64>() {
                 Ok(s) if s.is_finite() && s > 0.0 => self.timeout = Some(Duration::from_secs_f64(s)),
                 _ => warn_once(format!(

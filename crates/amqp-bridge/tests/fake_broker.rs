@@ -53,6 +53,53 @@ impl Peer {
         }
     }
 
+    /// Whether the client shut its side of the socket within `within`
+    /// (frames read meanwhile are dropped).
+    async fn eof_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            self.buf.clear();
+            match tokio::time::timeout_at(deadline, self.io.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// How the client closes: `channel.close` (answered), then
+    /// `connection.close`; the socket must stay open until our
+    /// `close-ok`, and be shut after it.
+    async fn clean_close(&mut self) -> Vec<&'static str> {
+        let mut seen = Vec::new();
+        loop {
+            match self.recv().await {
+                AMQPFrame::Method(ch, AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
+                    seen.push("channel.close");
+                    self.method(
+                        ch,
+                        AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                    )
+                    .await;
+                }
+                AMQPFrame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                    seen.push("connection.close");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if !self.eof_within(Duration::from_millis(500)).await {
+            seen.push("open until close-ok");
+        }
+        let ok = AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {}));
+        self.method(0, ok).await;
+        if self.eof_within(Duration::from_secs(5)).await {
+            seen.push("shut after close-ok");
+        }
+        seen
+    }
+
     async fn recv(&mut self) -> AMQPFrame {
         self.recv_within(Duration::from_secs(10))
             .await
@@ -526,4 +573,49 @@ async fn a_header_over_frame_max_fails_alone_and_flow_control_holds_publishes() 
     confirm.await.unwrap();
     assert_eq!(publisher.blocked(), None);
     publisher.close().await;
+}
+
+#[tokio::test]
+async fn closes_are_clean_channels_then_the_connection_then_the_socket_after_close_ok() {
+    let (seen, mut closes) = tokio::sync::mpsc::unbounded_channel();
+    let url = fake(move |n, mut p| {
+        let seen = seen.clone();
+        async move {
+            p.handshake().await;
+            match n {
+                0 => {
+                    p.consumer_setup().await;
+                }
+                _ => {
+                    let ch = p.open_channel().await;
+                    p.confirm_select(ch).await;
+                }
+            }
+            let _ = seen.send((n, p.clean_close().await));
+        }
+    })
+    .await;
+    let conn = shared(&url, Duration::from_secs(5));
+    let consumer = Consumer::new(&conn, "q", 10).await.unwrap();
+    let publisher = conn.publisher(Duration::from_secs(5)).await.unwrap();
+    publisher.close().await;
+    let want = vec![
+        "channel.close",
+        "connection.close",
+        "open until close-ok",
+        "shut after close-ok",
+    ];
+    assert_eq!(
+        closes.recv().await,
+        Some((1, want.clone())),
+        "the publisher's close"
+    );
+    // The shared connection closes its consumer's channel first.
+    conn.close().await;
+    assert_eq!(
+        closes.recv().await,
+        Some((0, want)),
+        "the shared connection's close"
+    );
+    drop(consumer);
 }
