@@ -256,14 +256,6 @@ fn handle(conn: &ChannelConn, arrival: Arrival) -> Result<(), Violation> {
     Ok(())
 }
 
-/// `channel.close` by us: a normal close.
-const CLOSE: Method<'static> = Method::ChannelClose(method::Reason {
-    code: wire::REPLY_SUCCESS,
-    text: "",
-    class: 0,
-    method: 0,
-});
-
 /// A channel of the shared connection; closed when dropped.
 pub(crate) struct Channel {
     conn: Arc<ChannelConn>,
@@ -355,7 +347,7 @@ impl Channel {
     /// Sends `channel.close` once, if the channel is open.
     fn start_close(&mut self) -> bool {
         let number = self.chan.number;
-        let sent = self.send(|o| wire::method_frame(o, number, &CLOSE));
+        let sent = self.send(|o| wire::method_frame(o, number, &Method::CHANNEL_CLOSE));
         self.chan.closing.store(true, Ordering::Relaxed);
         sent
     }
@@ -385,7 +377,7 @@ pub(crate) async fn close_all(conn: &ChannelConn) {
         let open: Vec<Arc<Chan>> = state.open.values().cloned().collect();
         for chan in &open {
             if !chan.closing.swap(true, Ordering::Relaxed) {
-                wire::method_frame(&mut state.out.outbox, chan.number, &CLOSE);
+                wire::method_frame(&mut state.out.outbox, chan.number, &Method::CHANNEL_CLOSE);
             }
         }
         open

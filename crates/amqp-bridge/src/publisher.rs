@@ -344,13 +344,7 @@ impl Publisher {
             let mut state = self.link.state();
             let open = state.channel_open && state.out.closed.is_none() && !state.held();
             if open {
-                let close = Method::ChannelClose(method::Reason {
-                    code: wire::REPLY_SUCCESS,
-                    text: "",
-                    class: 0,
-                    method: 0,
-                });
-                wire::method_frame(&mut state.out.outbox, CHANNEL, &close);
+                wire::method_frame(&mut state.out.outbox, CHANNEL, &Method::CHANNEL_CLOSE);
             }
             open
         };

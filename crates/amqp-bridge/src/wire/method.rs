@@ -254,6 +254,16 @@ pub(crate) fn carries_content(m: (u16, u16)) -> bool {
     )
 }
 
+impl Method<'static> {
+    /// `channel.close` by us: a normal close.
+    pub const CHANNEL_CLOSE: Method<'static> = Method::ChannelClose(Reason {
+        code: super::REPLY_SUCCESS,
+        text: "",
+        class: 0,
+        method: 0,
+    });
+}
+
 impl<'a> Method<'a> {
     /// The method's `(class, method)` id.
     pub fn id(&self) -> (u16, u16) {
