@@ -100,6 +100,11 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
         Some(n as f64)
     );
     assert_eq!(metric(&page, "swpt_confirms_pending"), Some(0.0));
+    assert_eq!(
+        metric(&page, "swpt_broker_blocked"),
+        Some(0.0),
+        "RabbitMQ does not block the server"
+    );
     assert!(metric(&page, "process_resident_memory_bytes").is_some_and(|v| v > 0.0));
     assert!(metric(&page, "process_open_fds").is_some_and(|v| v > 0.0));
     close_to(

@@ -326,29 +326,39 @@ fn client_certificate_hint(e: &Endpoint, reason: String) -> String {
 /// Connects (TCP, and TLS for `amqps://`), then the AMQP handshake:
 /// protocol header, `start-ok`, `tune-ok`, `open`.
 async fn handshake(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> Result<Opened, String> {
-    let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port))
-        .await
-        .map_err(|err| err.to_string())?;
-    tcp.set_nodelay(true).map_err(|err| err.to_string())?;
-    let (reader, mut writer): (Reader, Writer) = if let Some(connector) = tls {
-        let name = rustls_pki_types::ServerName::try_from(e.host.clone())
-            .map_err(|err| format!("invalid host name \"{}\": {err}", e.host))?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|err| err.to_string())?;
-        let (r, w) = tokio::io::split(tls);
-        (Box::new(r), Box::new(w))
-    } else {
-        let (r, w) = tcp.into_split();
-        (Box::new(r), Box::new(w))
-    };
+    let (reader, mut writer) = connect(e, tls).await?;
     let mut reader = FrameReader::new(reader);
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(wire::PROTOCOL_HEADER);
     send(&mut writer, &mut out).await.map_err(|err| err.to_string())?;
+    start_ok(e, &mut reader, &mut writer).await?;
+    tune_and_open(e, reader, writer).await
+}
 
-    let start = expect(&mut reader, &mut writer, id::CONNECTION_START).await?;
+/// The TCP connection, and TLS over it for `amqps://`.
+async fn connect(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> Result<(Reader, Writer), String> {
+    let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port))
+        .await
+        .map_err(|err| err.to_string())?;
+    tcp.set_nodelay(true).map_err(|err| err.to_string())?;
+    let Some(connector) = tls else {
+        let (r, w) = tcp.into_split();
+        return Ok((Box::new(r), Box::new(w)));
+    };
+    let name = rustls_pki_types::ServerName::try_from(e.host.clone())
+        .map_err(|err| format!("invalid host name \"{}\": {err}", e.host))?;
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|err| err.to_string())?;
+    let (r, w) = tokio::io::split(tls);
+    Ok((Box::new(r), Box::new(w)))
+}
+
+/// `connection.start` (version 0-9 and our mechanism required), answered
+/// with `start-ok`.
+async fn start_ok(e: &Endpoint, reader: &mut FrameReader<Reader>, writer: &mut Writer) -> Result<(), String> {
+    let start = expect(reader, writer, id::CONNECTION_START).await?;
     let Ok(Method::ConnectionStart {
         version, mechanisms, ..
     }) = start.method()
@@ -360,7 +370,7 @@ async fn handshake(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> Res
             wire::COMMAND_INVALID,
             format!("the broker speaks AMQP {}-{}, not 0-9-1", version.0, version.1),
         );
-        refuse(&mut writer, &v).await;
+        refuse(writer, &v).await;
         return Err(v.text);
     }
     let offered = String::from_utf8_lossy(mechanisms);
@@ -378,9 +388,20 @@ async fn handshake(e: &Endpoint, tls: Option<tokio_rustls::TlsConnector>) -> Res
         response: &response,
         locale: "en_US",
     };
+    let mut out = Vec::with_capacity(256);
     wire::method_frame(&mut out, 0, &start_ok);
-    send(&mut writer, &mut out).await.map_err(|err| err.to_string())?;
+    send(writer, &mut out).await.map_err(|err| err.to_string())?;
+    Ok(())
+}
 
+/// `connection.tune` answered with `tune-ok` (frame_max and heartbeat
+/// agreed), then `open` of the vhost.
+async fn tune_and_open(
+    e: &Endpoint,
+    mut reader: FrameReader<Reader>,
+    mut writer: Writer,
+) -> Result<Opened, String> {
+    let mut out = Vec::with_capacity(256);
     let tune = expect(&mut reader, &mut writer, id::CONNECTION_TUNE).await?;
     let Ok(Method::ConnectionTune(offer)) = tune.method() else {
         return Err("a malformed connection.tune".into());
@@ -549,23 +570,7 @@ async fn write_loop<S: ConnState>(conn: Arc<Conn<S>>, mut writer: Writer, heartb
     let mut last_write = tokio::time::Instant::now();
     let result: io::Result<()> = async {
         loop {
-            let (close, gone) = {
-                let mut state = conn.state();
-                let held = state.held();
-                let out = state.out();
-                std::mem::swap(&mut out.control, &mut batch);
-                let discard = out.close.as_ref().is_some_and(|c| !c.flush_first || held);
-                if discard {
-                    out.outbox.clear();
-                } else if !held {
-                    batch.append(&mut out.outbox);
-                }
-                let close = match out.outbox.is_empty() {
-                    true => out.close.take(),
-                    false => None,
-                };
-                (close, out.gone)
-            };
+            let (close, gone) = take_batch(&conn, &mut batch);
             if !batch.is_empty() {
                 send(&mut writer, &mut batch).await?;
                 if batch.capacity() > OUTBOX_LIMIT {
@@ -575,18 +580,7 @@ async fn write_loop<S: ConnState>(conn: Arc<Conn<S>>, mut writer: Writer, heartb
                 conn.drained.notify_waiters();
             }
             if let Some(c) = close {
-                let reason = Reason {
-                    code: c.code,
-                    text: &c.text,
-                    class: 0,
-                    method: 0,
-                };
-                wire::method_frame(&mut batch, 0, &Method::ConnectionClose(reason));
-                send(&mut writer, &mut batch).await?;
-                conn.state().out().close_sent = Some(Instant::now());
-                conn.ended.notify_waiters();
-                conn.until(|o| o.gone).await;
-                return Ok(());
+                return send_close(&conn, &mut writer, &c).await;
             }
             if gone {
                 return Ok(());
@@ -613,6 +607,46 @@ async fn write_loop<S: ConnState>(conn: Arc<Conn<S>>, mut writer: Writer, heartb
             conn.drained.notify_waiters();
         }
     }
+}
+
+/// Writes `connection.close`, then keeps the socket open until the
+/// reader has ended (RabbitMQ's `close-ok`, or the deadline).
+async fn send_close<S: ConnState>(conn: &Conn<S>, writer: &mut Writer, c: &CloseRequest) -> io::Result<()> {
+    let reason = Reason {
+        code: c.code,
+        text: &c.text,
+        class: 0,
+        method: 0,
+    };
+    let mut out = Vec::with_capacity(64);
+    wire::method_frame(&mut out, 0, &Method::ConnectionClose(reason));
+    send(writer, &mut out).await?;
+    conn.state().out().close_sent = Some(Instant::now());
+    conn.ended.notify_waiters();
+    conn.until(|o| o.gone).await;
+    Ok(())
+}
+
+/// Moves what is to be written now into `batch`: the control frames, and
+/// the outbox unless it is held (dropped when the connection closes for a
+/// violation, or while held). Returns the close to send once that is out,
+/// and whether the connection is gone.
+fn take_batch<S: ConnState>(conn: &Conn<S>, batch: &mut Vec<u8>) -> (Option<CloseRequest>, bool) {
+    let mut state = conn.state();
+    let held = state.held();
+    let out = state.out();
+    std::mem::swap(&mut out.control, batch);
+    let discard = out.close.as_ref().is_some_and(|c| !c.flush_first || held);
+    if discard {
+        out.outbox.clear();
+    } else if !held {
+        batch.append(&mut out.outbox);
+    }
+    let close = match out.outbox.is_empty() {
+        true => out.close.take(),
+        false => None,
+    };
+    (close, out.gone)
 }
 
 /// What ended a connection's reader.
@@ -664,19 +698,7 @@ async fn read_loop<S, H>(
         quiet.as_mut().reset(tokio::time::Instant::now() + silence);
         let frame = match frame {
             Ok(frame) => frame,
-            Err(ReadError::Io(e)) => {
-                if e.kind() != io::ErrorKind::UnexpectedEof {
-                    tracing::warn!("reading from RabbitMQ failed: {e}");
-                }
-                break End::Failed(BridgeError::ConnectionLost);
-            }
-            Err(ReadError::Violation(v)) => {
-                // The stream cannot be read further.
-                conn.close_for(&v);
-                break End::Failed(BridgeError::Amqp(format!(
-                    "RabbitMQ broke the AMQP protocol: {v}"
-                )));
-            }
+            Err(e) => break read_failed(&conn, e),
         };
         match on_frame(&conn, frame, &mut assembler, &mut handle) {
             Ok(None) => {}
@@ -686,15 +708,34 @@ async fn read_loop<S, H>(
     };
     {
         let mut state = conn.state();
-        let error = match end {
+        state.fail_all(match end {
             End::Closed => BridgeError::ConnectionLost,
             End::Failed(e) => e,
-        };
-        state.fail_all(error);
+        });
         state.out().gone = true;
     }
     conn.wake_all();
     let _ = tokio::time::timeout(CLOSE_WAIT, &mut writer.0).await;
+}
+
+/// A read that failed: the connection is lost, or (a frame that breaks
+/// the protocol) closed with the violation's code, as the stream cannot
+/// be read further.
+fn read_failed<S: ConnState>(conn: &Conn<S>, e: ReadError) -> End {
+    match e {
+        ReadError::Io(e) => {
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                tracing::warn!("reading from RabbitMQ failed: {e}");
+            }
+            End::Failed(BridgeError::ConnectionLost)
+        }
+        ReadError::Violation(v) => {
+            conn.close_for(&v);
+            End::Failed(BridgeError::Amqp(format!(
+                "RabbitMQ broke the AMQP protocol: {v}"
+            )))
+        }
+    }
 }
 
 /// One frame: the connection's own (channel 0), a channel's close or
@@ -736,6 +777,17 @@ where
     let Some(arrival) = assembler.push(frame)? else {
         return Ok(None);
     };
+    channel_method(conn, arrival, handle)?;
+    Ok(None)
+}
+
+/// A channel's method: its close and flow are the connection's, the rest
+/// the owner's.
+fn channel_method<S, H>(conn: &Conn<S>, arrival: Arrival, handle: &mut H) -> Result<(), Violation>
+where
+    S: ConnState,
+    H: FnMut(&Conn<S>, Arrival) -> Result<(), Violation>,
+{
     let ch = arrival.method.channel;
     match arrival.method.method()? {
         Method::ChannelClose(r) => {
@@ -764,7 +816,7 @@ where
         }
         _ => handle(conn, arrival)?,
     }
-    Ok(None)
+    Ok(())
 }
 
 /// The connection-level methods: RabbitMQ's close (answered; the

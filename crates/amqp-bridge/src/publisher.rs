@@ -243,16 +243,8 @@ impl Publisher {
         &mut self,
         m: &OutMessage<'_>,
     ) -> Result<oneshot::Receiver<Result<(), BridgeError>>, BridgeError> {
-        let (exchange, routing_key) = (checked_name(m.exchange)?, checked_name(m.routing_key)?);
-        let msg_type = checked_name(m.msg_type)?;
-        for (name, value) in &m.headers {
-            checked_name(name)?;
-            if let HeaderValue::Str(s) = value {
-                if u32::try_from(s.len()).is_err() {
-                    return Err(BridgeError::Name(s.clone()));
-                }
-            }
-        }
+        check_encodable(m)?;
+        let (exchange, routing_key, msg_type) = (m.exchange, m.routing_key, m.msg_type);
         let publish = Method::BasicPublish {
             exchange,
             routing_key,
@@ -366,6 +358,23 @@ impl Drop for Publisher {
     fn drop(&mut self) {
         self.link.close("the publisher was closed");
     }
+}
+
+/// Checks that a message's names and headers can be encoded (short
+/// strings of at most 255 bytes, long strings of at most 4 GiB).
+fn check_encodable(m: &OutMessage<'_>) -> Result<(), BridgeError> {
+    for name in [m.exchange, m.routing_key, m.msg_type] {
+        checked_name(name)?;
+    }
+    for (name, value) in &m.headers {
+        checked_name(name)?;
+        if let HeaderValue::Str(s) = value {
+            if u32::try_from(s.len()).is_err() {
+                return Err(BridgeError::Name(s.clone()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether RabbitMQ blocks a publisher, without holding it open.

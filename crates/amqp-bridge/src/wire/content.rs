@@ -126,6 +126,10 @@ impl<'a> Properties<'a> {
     }
 }
 
+fn unexpected(what: String) -> Violation {
+    Violation::new(UNEXPECTED_FRAME, what)
+}
+
 /// A method frame, with its content when it carries one.
 #[derive(Debug)]
 pub(crate) struct Arrival {
@@ -151,78 +155,83 @@ impl Assembler {
     /// Takes one frame (not a heartbeat); returns a method that is
     /// complete with its content, if this frame completed one.
     pub fn push(&mut self, frame: Frame) -> Result<Option<Arrival>, Violation> {
-        let unexpected = |what: String| Violation::new(UNEXPECTED_FRAME, what);
         match frame.kind {
-            FRAME_METHOD => {
-                if let Some(p) = self.partial.get(&frame.channel) {
-                    return Err(unexpected(format!(
-                        "a method frame on channel {} before the content of {} was complete",
-                        frame.channel,
-                        method::name(p.method.method_id().unwrap_or_default()),
-                    )));
-                }
-                let id = frame
-                    .method_id()
-                    .ok_or_else(|| Violation::syntax("a method frame shorter than its ids"))?;
-                if !method::carries_content(id) {
-                    return Ok(Some(Arrival {
-                        method: frame,
-                        content: None,
-                    }));
-                }
-                let channel = frame.channel;
-                let p = Partial {
-                    method: frame,
-                    header: None,
-                    body: Vec::new(),
-                };
-                self.partial.insert(channel, p);
-                Ok(None)
-            }
-            FRAME_HEADER => {
-                let Some(p) = self
-                    .partial
-                    .get_mut(&frame.channel)
-                    .filter(|p| p.header.is_none())
-                else {
-                    return Err(unexpected(format!(
-                        "a content header on channel {} without a method before it",
-                        frame.channel
-                    )));
-                };
-                let (channel, (size, _)) = (frame.channel, Properties::decode(&frame.payload)?);
-                p.header = Some((frame, size));
-                Ok(self.complete_if_full(channel))
-            }
-            FRAME_BODY => {
-                let Some(p) = self
-                    .partial
-                    .get_mut(&frame.channel)
-                    .filter(|p| p.header.is_some())
-                else {
-                    return Err(unexpected(format!(
-                        "a body frame on channel {} without a content header before it",
-                        frame.channel
-                    )));
-                };
-                let size = p.header.as_ref().map_or(0, |h| h.1);
-                let got = p.body.len() as u64 + frame.payload.len() as u64;
-                if got > size {
-                    return Err(unexpected(format!(
-                        "a body longer than its content header declared ({got} bytes of {size})"
-                    )));
-                }
-                if p.body.is_empty() {
-                    p.body = frame.payload;
-                } else {
-                    p.body.extend_from_slice(&frame.payload);
-                }
-                Ok(self.complete_if_full(frame.channel))
-            }
+            FRAME_METHOD => self.method(frame),
+            FRAME_HEADER => self.header(frame),
+            FRAME_BODY => self.body(frame),
             other => Err(unexpected(format!(
                 "a frame of type {other} in the content stream"
             ))),
         }
+    }
+
+    /// A method: passed on, or held until its content is complete.
+    fn method(&mut self, frame: Frame) -> Result<Option<Arrival>, Violation> {
+        if let Some(p) = self.partial.get(&frame.channel) {
+            return Err(unexpected(format!(
+                "a method frame on channel {} before the content of {} was complete",
+                frame.channel,
+                method::name(p.method.method_id().unwrap_or_default()),
+            )));
+        }
+        let id = frame
+            .method_id()
+            .ok_or_else(|| Violation::syntax("a method frame shorter than its ids"))?;
+        if !method::carries_content(id) {
+            return Ok(Some(Arrival {
+                method: frame,
+                content: None,
+            }));
+        }
+        let p = Partial {
+            method: frame,
+            header: None,
+            body: Vec::new(),
+        };
+        self.partial.insert(p.method.channel, p);
+        Ok(None)
+    }
+
+    fn header(&mut self, frame: Frame) -> Result<Option<Arrival>, Violation> {
+        let Some(p) = self
+            .partial
+            .get_mut(&frame.channel)
+            .filter(|p| p.header.is_none())
+        else {
+            return Err(unexpected(format!(
+                "a content header on channel {} without a method before it",
+                frame.channel
+            )));
+        };
+        let (channel, (size, _)) = (frame.channel, Properties::decode(&frame.payload)?);
+        p.header = Some((frame, size));
+        Ok(self.complete_if_full(channel))
+    }
+
+    fn body(&mut self, frame: Frame) -> Result<Option<Arrival>, Violation> {
+        let Some(p) = self
+            .partial
+            .get_mut(&frame.channel)
+            .filter(|p| p.header.is_some())
+        else {
+            return Err(unexpected(format!(
+                "a body frame on channel {} without a content header before it",
+                frame.channel
+            )));
+        };
+        let size = p.header.as_ref().map_or(0, |h| h.1);
+        let got = p.body.len() as u64 + frame.payload.len() as u64;
+        if got > size {
+            return Err(unexpected(format!(
+                "a body longer than its content header declared ({got} bytes of {size})"
+            )));
+        }
+        if p.body.is_empty() {
+            p.body = frame.payload;
+        } else {
+            p.body.extend_from_slice(&frame.payload);
+        }
+        Ok(self.complete_if_full(frame.channel))
     }
 
     /// The channel's content, when all of its body is in.
