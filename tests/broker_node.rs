@@ -258,6 +258,41 @@ async fn a_client_certificate_and_sasl_external_as_the_python_gateway_takes_them
         err.contains("UnknownCA") || err.contains("trust the client certificate"),
         "{err}"
     );
+    // no_verify_ssl: the node's certificate (from a CA we were not told
+    // of) is taken; without it, refused.
+    let unchecked = format!("{amqps}/?no_verify_ssl=1");
+    amqp_bridge::connect(&BrokerSettings::new(&unchecked, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let checked = amqp_bridge::connect(&BrokerSettings::new(amqps, Duration::from_secs(10))).await;
+    assert!(
+        checked.unwrap_err().to_string().contains("certificate"),
+        "an unknown CA is refused"
+    );
+    // AMQPLAIN, as the Python gateway may be told to log in.
+    let amqplain = format!("{}/?auth=amqplain&name=amqplain-test", solo["SWPT_SOLO_URL"]);
+    let conn = SharedConnection::new(BrokerSettings::new(&amqplain, Duration::from_secs(10)));
+    amqp_bridge::check_queue(&conn, "ext.queue").await.unwrap();
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "-n",
+            node,
+            "list_connections",
+            "--no-table-headers",
+            "auth_mechanism",
+            "client_properties",
+        ])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("AMQPLAIN") && l.contains("amqplain-test")),
+        "{listed}"
+    );
+    conn.close().await;
     // And SASL EXTERNAL without a certificate gets RabbitMQ's refusal.
     let bare = format!("{amqps}/?cafile={tls}/ca.pem&auth=external");
     let err = amqp_bridge::connect(&BrokerSettings::new(&bare, Duration::from_secs(10)))
