@@ -757,8 +757,12 @@ where
     if frame.channel == 0 {
         return connection_method(conn, &frame);
     }
-    let closing = conn.state().out().close.is_some() || conn.state().out().close_sent.is_some();
-    let channel = conn.state().channel(frame.channel);
+    let (closing, channel) = {
+        let mut state = conn.state();
+        let channel = state.channel(frame.channel);
+        let out = state.out();
+        (out.close.is_some() || out.close_sent.is_some(), channel)
+    };
     let close_method = matches!(frame.method_id(), Some(id::CHANNEL_CLOSE | id::CHANNEL_CLOSE_OK));
     match channel {
         ChannelState::Unknown => {
