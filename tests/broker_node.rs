@@ -41,20 +41,19 @@ fn ctl(node: &str, args: &[&str]) {
     swpt_testkit::rabbitmqctl(&all);
 }
 
-/// How many connections `program` holds on the node.
-fn connections_of(node: &str, program: &str) -> usize {
+/// `rabbitmqctl list_connections` of the node, with `columns`.
+fn list_connections(node: &str, columns: &[&str]) -> String {
     let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "-n",
-            node,
-            "list_connections",
-            "--no-table-headers",
-            "client_properties",
-        ])
+        .args(["-q", "-n", node, "list_connections", "--no-table-headers"])
+        .args(columns)
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many connections `program` holds on the node.
+fn connections_of(node: &str, program: &str) -> usize {
+    list_connections(node, &["client_properties"])
         .lines()
         .filter(|l| l.contains(&format!("\"{program}\"")))
         .count()
@@ -207,21 +206,7 @@ async fn a_client_certificate_and_sasl_external_as_the_python_gateway_takes_them
         publisher.publish(&m).await.await.unwrap();
     }
     // Logged in as the certificate's common name, with EXTERNAL.
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "-n",
-            node,
-            "list_connections",
-            "--no-table-headers",
-            "user",
-            "auth_mechanism",
-            "ssl",
-            "client_properties",
-        ])
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = list_connections(node, &["user", "auth_mechanism", "ssl", "client_properties"]);
     let ours: Vec<&str> = listed.lines().filter(|l| l.contains("ext-test")).collect();
     assert_eq!(
         ours.len(),
@@ -273,19 +258,7 @@ async fn a_client_certificate_and_sasl_external_as_the_python_gateway_takes_them
     let amqplain = format!("{}/?auth=amqplain&name=amqplain-test", solo["SWPT_SOLO_URL"]);
     let conn = SharedConnection::new(BrokerSettings::new(&amqplain, Duration::from_secs(10)));
     amqp_bridge::check_queue(&conn, "ext.queue").await.unwrap();
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "-n",
-            node,
-            "list_connections",
-            "--no-table-headers",
-            "auth_mechanism",
-            "client_properties",
-        ])
-        .output()
-        .unwrap();
-    let listed = String::from_utf8_lossy(&out.stdout);
+    let listed = list_connections(node, &["auth_mechanism", "client_properties"]);
     assert!(
         listed
             .lines()
