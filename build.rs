@@ -14,8 +14,13 @@ fn main() {
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SWPT_GIT_COMMIT={commit}");
-    // A new commit changes HEAD or the branch it points to.
+    // A new commit changes HEAD or the branch it points to. Only paths
+    // that exist are named: cargo takes a missing one (a clone without
+    // packed-refs) as always changed, and would rebuild every time.
+    println!("cargo:rerun-if-changed=build.rs");
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        println!("cargo:rerun-if-changed={path}");
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }
