@@ -25,7 +25,7 @@ pub fn parse_cpu_list(list: &str) -> Option<Vec<usize>> {
 }
 
 /// Applies `APP_CPU_AFFINITY` (a CPU list) to the calling thread, so that
-/// the threads it starts afterwards (lapin's I/O thread) share its CPUs.
+/// the threads it starts afterwards (tokio's workers) share its CPUs.
 /// On a small machine shared with RabbitMQ, keeping the gateway's threads
 /// on one CPU saves the cross-CPU wake-ups that dominate its cost.
 pub fn apply_from_env() -> anyhow::Result<()> {

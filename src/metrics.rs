@@ -6,7 +6,7 @@
 //! without the listener counts nothing. Counting is atomics on handles
 //! looked up once per connection or link ([`PeerTypes`], [`LinkCounters`]),
 //! never a label lookup per message. Label values are bounded: peers
-//! (node IDs), queues, the ten SMP message types (anything else is
+//! (node IDs), queues, the SMP message types (`MessageType::ALL`; anything else is
 //! `other`) and a few fixed reasons; never message IDs.
 //!
 //! Certificate expiry gauges are computed when scraped, from what
@@ -43,7 +43,7 @@ const LATENCY_BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
 ];
 
-/// The label value of a message type: one of the ten, or `other`.
+/// The label value of a message type: one of `MessageType::ALL`, or `other`.
 const TYPE_LABELS: usize = MessageType::ALL.len() + 1;
 
 fn type_index(msg_type: &str) -> usize {

@@ -4,7 +4,7 @@ use clap::Parser;
 use swpt_gateway::config::{CertArgs, CommonArgs};
 use swpt_gateway::exit::{config, run_main};
 use swpt_gateway::http::HttpArgs;
-use swpt_gateway::server::{bind, serve, ServerContext};
+use swpt_gateway::server::{bind, serve, ServerContext, ServerSettings};
 use swpt_gateway::shutdown::Shutdown;
 
 /// Accepts mutually authenticated TLS STOMP connections from the node's
@@ -32,16 +32,15 @@ fn main() {
         let internal = cli.common.start().map_err(config)?;
         let http = cli.http.bind().await.map_err(config)?;
         let backlog = internal.app_stomp_server_backlog;
-        let ctx = ServerContext::new(
-            &cli.common.nodedata_url,
-            &cli.common.broker_url,
-            &cli.cert.server_cert,
-            &cli.cert.server_key,
-            cli.server_buffer,
+        let settings = ServerSettings {
+            nodedata_url: cli.common.nodedata_url,
+            broker_url: cli.common.broker_url,
+            server_cert: cli.cert.server_cert,
+            server_key: cli.cert.server_key,
+            buffer: cli.server_buffer,
             internal,
-        )
-        .await
-        .map_err(config)?;
+        };
+        let ctx = ServerContext::new(settings).await.map_err(config)?;
         swpt_gateway::shutdown::reload_on_sighup(ctx.reload.clone());
         let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
         let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

@@ -57,6 +57,18 @@ pub struct ServerContext {
     per_peer: Mutex<HashMap<String, usize>>,
 }
 
+/// What a server process is started with (as [`crate::client::ClientSettings`]
+/// for a client).
+pub struct ServerSettings {
+    pub nodedata_url: String,
+    pub broker_url: String,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// SENDs each connection holds unconfirmed at most.
+    pub buffer: usize,
+    pub internal: Internal,
+}
+
 impl ServerContext {
     /// `/readyz`: ready while RabbitMQ can be reached and does not block
     /// publishing (a memory or disk alarm); the same state feeds the
@@ -81,14 +93,17 @@ impl ServerContext {
     /// Reads the node database (and starts watching it), the certificate
     /// and key and every peer's root, and prepares the TLS acceptor and the
     /// broker connection (opened lazily).
-    pub async fn new(
-        nodedata_url: &str,
-        broker_url: &str,
-        cert: &Path,
-        key: &Path,
-        buffer: usize,
-        internal: Internal,
-    ) -> anyhow::Result<Arc<ServerContext>> {
+    pub async fn new(settings: ServerSettings) -> anyhow::Result<Arc<ServerContext>> {
+        let ServerSettings {
+            nodedata_url,
+            broker_url,
+            server_cert: cert,
+            server_key: key,
+            buffer,
+            internal,
+        } = settings;
+        let (nodedata_url, broker_url) = (nodedata_url.as_str(), broker_url.as_str());
+        let (cert, key) = (cert.as_path(), key.as_path());
         let root = NodeDatabase::open(nodedata_url)?.root().to_path_buf();
         let files = vec![cert.to_path_buf(), key.to_path_buf()];
         let (nodedata, reload) = Watcher::start(root, files, internal.nodedata_poll()).await?;

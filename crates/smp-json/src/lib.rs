@@ -1,6 +1,6 @@
 //! Swaptacular Messaging Protocol messages.
 //!
-//! This crate owns the message layer: the ten SMP message types and their
+//! This crate owns the message layer: the SMP message types ([`MessageType::ALL`]) and their
 //! validation ([`Message::parse`], SPEC section 6), the processing rules of
 //! both directions ([`server_process`], [`client_process`], SPEC section
 //! 7), the MD5 routing keys ([`routing_key`]), the AMQP headers of a
