@@ -183,16 +183,16 @@ impl<S: ConnState> Conn<S> {
     }
 
     /// Closes the connection at once with a connection exception: what
-    /// waits on it fails, the outbox is dropped.
-    fn close_for(&self, v: &Violation) {
-        tracing::error!("RabbitMQ broke the AMQP protocol: {v}; closing the connection");
+    /// waits on it fails (with the returned error), the outbox is dropped.
+    fn close_for(&self, v: &Violation) -> BridgeError {
+        let error = BridgeError::Amqp(format!("RabbitMQ broke the AMQP protocol: {v}"));
+        tracing::error!("{error}; closing the connection");
         let mut state = self.state();
         state.out().request_close(v.code, &v.text, false);
-        state.fail_all(BridgeError::Amqp(format!(
-            "RabbitMQ broke the AMQP protocol: {v}"
-        )));
+        state.fail_all(error.clone());
         drop(state);
         self.wake_all();
+        error
     }
 
     /// Resolves once `done` holds of the connection's state (looked at
@@ -703,7 +703,9 @@ async fn read_loop<S, H>(
         match on_frame(&conn, frame, &mut assembler, &mut handle) {
             Ok(None) => {}
             Ok(Some(end)) => break end,
-            Err(v) => conn.close_for(&v),
+            Err(v) => {
+                conn.close_for(&v);
+            }
         }
     };
     {
@@ -729,12 +731,7 @@ fn read_failed<S: ConnState>(conn: &Conn<S>, e: ReadError) -> End {
             }
             End::Failed(BridgeError::ConnectionLost)
         }
-        ReadError::Violation(v) => {
-            conn.close_for(&v);
-            End::Failed(BridgeError::Amqp(format!(
-                "RabbitMQ broke the AMQP protocol: {v}"
-            )))
-        }
+        ReadError::Violation(v) => End::Failed(conn.close_for(&v)),
     }
 }
 
