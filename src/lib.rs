@@ -15,6 +15,9 @@
 //! (probes and metrics endpoint) and [`metrics`] (what is counted), [`logging`],
 //! [`shutdown`] (signals), [`affinity`] (CPU pinning), [`backoff`] (waits
 //! between attempts), [`exit`] (exit status).
+//!
+//! [`programs`]: each program's command line and `main`, which the thin
+//! binaries (and `swpt-gateway`, all of them in one) call.
 
 /// The version `--version` shows: the package's, and the git commit the
 /// binaries were built from.
@@ -35,6 +38,7 @@ pub mod exit;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod programs;
 pub mod publish;
 pub mod server;
 pub mod session;

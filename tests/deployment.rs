@@ -46,6 +46,37 @@ fn version_names_the_commit() {
 }
 
 #[test]
+fn one_binary_runs_every_program_by_its_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = env!("CARGO_BIN_EXE_swpt-gateway");
+    for name in BINARIES
+        .iter()
+        .chain(&["swpt-doctor", "swpt-broker-check", "swpt-probe"])
+    {
+        // Called by a link named as the program, and by its first argument.
+        let link = tmp.path().join(name);
+        std::os::unix::fs::symlink(gateway, &link).unwrap();
+        for out in [
+            Command::new(&link).arg("--version").output().unwrap(),
+            Command::new(gateway).args([name, "--version"]).output().unwrap(),
+        ] {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.starts_with(&format!("{name} ")),
+                "{name}: {text}"
+            );
+        }
+    }
+    let out = Command::new(gateway).arg("swpt-nothing").output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("no program named \"swpt-nothing\"") && said.contains("swpt-server"),
+        "{said}"
+    );
+}
+
+#[test]
 fn configuration_errors_exit_2_runtime_errors_1() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());

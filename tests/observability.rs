@@ -32,6 +32,18 @@ fn recreate_vhost(vhost: &Vhost) {
     swpt_testkit::rabbitmqctl(&["set_permissions", "-p", &vhost.name, "guest", ".*", ".*", ".*"]);
 }
 
+/// Runs `swpt-probe` against a port: whether it succeeded, and what it said.
+fn run_probe(probe: &Path, port: u16) -> (bool, String) {
+    let out = std::process::Command::new(probe)
+        .env("APP_HTTP_PORT", port.to_string())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_client_endpoints_follow_a_real_flow() {
     let tmp = tempfile::tempdir().unwrap();
@@ -57,6 +69,14 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     let why = wait_http(client_http, "/readyz", 503, WAIT).await;
     assert!(why.contains("no link established"), "{why}");
     assert_eq!(http_get(client_http, "/nowhere").await.0, 404);
+    // The image's health check: `swpt-probe`, a link to `swpt-gateway`.
+    let probe = tmp.path().join("swpt-probe");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_swpt-gateway"), &probe).unwrap();
+    let (ok, said) = run_probe(&probe, client_http);
+    assert!(
+        !ok && said.contains("/readyz: 503") && said.contains("no link established"),
+        "{said}"
+    );
 
     let server_env = [
         ("APP_HTTP_PORT", server_http.to_string()),
@@ -66,6 +86,8 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     let mut server = spawn("swpt-server", &[], &net.aa_dir, &vhost.url, &server_env);
     wait_http(server_http, "/readyz", 200, WAIT).await;
     wait_http(client_http, "/readyz", 200, WAIT).await;
+    let (ok, said) = run_probe(&probe, client_http);
+    assert!(ok, "{said}");
 
     // 200 messages and one the client dead-letters.
     let n = 200;

@@ -1,57 +1,5 @@
-//! `swpt-server`: accepts peers' STOMP connections (see `swpt_gateway::server`).
-
-use clap::Parser;
-use swpt_gateway::config::{CertArgs, CommonArgs};
-use swpt_gateway::exit::{config, run_main};
-use swpt_gateway::http::HttpArgs;
-use swpt_gateway::server::{bind, serve, ServerContext, ServerSettings};
-use swpt_gateway::shutdown::Shutdown;
-
-/// Accepts mutually authenticated TLS STOMP connections from the node's
-/// peers and publishes the messages they send to the node's RabbitMQ.
-#[derive(Parser, Debug)]
-#[command(version = swpt_gateway::VERSION)]
-struct Cli {
-    /// The port to listen on.
-    #[arg(short = 'p', long, env = "SWPT_SERVER_PORT", default_value_t = 1234)]
-    server_port: u16,
-    #[command(flatten)]
-    cert: CertArgs,
-    /// Messages each connection may hold unconfirmed.
-    #[arg(short = 'b', long, env = "SWPT_SERVER_BUFFER", default_value_t = 100)]
-    server_buffer: usize,
-    #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    http: HttpArgs,
-}
+//! `swpt-server`: see `swpt_gateway::programs::server`.
 
 fn main() {
-    run_main(async {
-        let cli = Cli::parse();
-        let internal = cli.common.start().map_err(config)?;
-        let http = cli.http.bind().await.map_err(config)?;
-        let backlog = internal.app_stomp_server_backlog;
-        let settings = ServerSettings {
-            nodedata_url: cli.common.nodedata_url,
-            broker_url: cli.common.broker_url,
-            server_cert: cli.cert.server_cert,
-            server_key: cli.cert.server_key,
-            buffer: cli.server_buffer,
-            internal,
-        };
-        let ctx = ServerContext::new(settings).await.map_err(config)?;
-        swpt_gateway::shutdown::reload_on_sighup(ctx.reload.clone());
-        let addr = std::net::SocketAddr::from(([0, 0, 0, 0], cli.server_port));
-        let listener = bind(addr, backlog).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-        tracing::info!("{} {} listening on {addr}", ctx.node.node_type, ctx.node.node_id);
-        let shutdown = Shutdown::on_signals();
-        if http.is_some() {
-            ctx.broker.keep_open(std::time::Duration::from_secs(2));
-        }
-        let ready = ctx.readiness();
-        swpt_gateway::http::serve(http, ready, shutdown.clone());
-        serve(listener, ctx, shutdown).await;
-        Ok(())
-    })
+    swpt_gateway::programs::server::main(std::env::args_os().collect())
 }

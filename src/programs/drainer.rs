@@ -1,0 +1,52 @@
+//! `swpt-drainer PEER QUEUE`: drains a deactivated peer's queue (see [`crate::drainer`]).
+
+use crate::config::{CommonArgs, PeerQueueArgs};
+use crate::drainer::{self, DrainerSettings};
+use crate::exit::{config, run_main};
+use crate::http::{HttpArgs, UpCount};
+use crate::shutdown::Shutdown;
+use clap::Parser;
+use std::ffi::OsString;
+
+/// Consumes the queue of a deactivated peer, acks everything, and
+/// publishes the replies the peer would have sent for AccountUpdate,
+/// PreparedTransfer and ConfigureAccount.
+#[derive(Parser, Debug)]
+#[command(name = "swpt-drainer", version = crate::VERSION)]
+struct Cli {
+    #[command(flatten)]
+    drain: PeerQueueArgs,
+    /// Messages consumed unacknowledged at most.
+    #[arg(short = 'b', long, env = "SWPT_CLIENT_BUFFER", default_value_t = 100)]
+    client_buffer: usize,
+    /// Replies published unconfirmed at most.
+    #[arg(short = 'B', long, env = "SWPT_SERVER_BUFFER", default_value_t = 100)]
+    server_buffer: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    http: HttpArgs,
+}
+
+/// Runs the program with its command line (`args[0]` its name).
+pub fn main(args: Vec<OsString>) -> ! {
+    let cli = Cli::parse_from(args);
+    run_main(async {
+        let internal = cli.common.start().map_err(config)?;
+        let http = cli.http.bind().await.map_err(config)?;
+        let up = UpCount::default();
+        let settings = DrainerSettings {
+            nodedata_url: cli.common.nodedata_url,
+            broker_url: cli.common.broker_url,
+            peer_id: cli.drain.peer_node_id,
+            queue: cli.drain.queue_name,
+            client_buffer: cli.client_buffer,
+            server_buffer: cli.server_buffer,
+            internal,
+            up: up.clone(),
+        };
+        let shutdown = Shutdown::on_signals();
+        crate::http::serve(http, up.readiness("not consuming"), shutdown.clone());
+        drainer::run(settings, shutdown).await
+    })
+}

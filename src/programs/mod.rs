@@ -1,0 +1,67 @@
+//! The programs: each one's command line and `main`. The thin binaries
+//! of `src/bin` call them, and so does `swpt-gateway`, all of them in one
+//! binary (the container image's), which runs the program named by the
+//! name it was called by (a link named `swpt-server`) or by its first
+//! argument.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+pub mod broker_check;
+pub mod client;
+pub mod configure_queue;
+pub mod doctor;
+pub mod drainer;
+pub mod probe;
+pub mod server;
+
+/// Every program, by the name it is called by.
+pub const PROGRAMS: [(&str, fn(Vec<OsString>) -> !); 7] = [
+    ("swpt-server", server::main),
+    ("swpt-client", client::main),
+    ("swpt-drainer", drainer::main),
+    ("configure-queue", configure_queue::main),
+    ("swpt-doctor", doctor::main),
+    ("swpt-broker-check", broker_check::main),
+    ("swpt-probe", probe::main),
+];
+
+/// The program a name calls, if any.
+fn program(name: &OsString) -> Option<fn(Vec<OsString>) -> !> {
+    let name = Path::new(name).file_name()?.to_str()?;
+    PROGRAMS.iter().find(|(n, _)| *n == name).map(|(_, main)| *main)
+}
+
+/// `swpt-gateway`'s `main`: runs the program named by `args[0]` (a link),
+/// or by `args[1]` (`swpt-gateway swpt-server --help`).
+pub fn dispatch(mut args: Vec<OsString>) -> ! {
+    if let Some(main) = args.first().and_then(program) {
+        main(args)
+    }
+    if let Some(main) = args.get(1).and_then(program) {
+        args.remove(0);
+        main(args)
+    }
+    let names: Vec<&str> = PROGRAMS.iter().map(|(n, _)| *n).collect();
+    match args.get(1).and_then(|a| a.to_str()) {
+        Some("--version") => {
+            println!("swpt-gateway {}", crate::VERSION);
+            std::process::exit(0)
+        }
+        Some("--help" | "-h") => {
+            println!("{}", usage(&names));
+            std::process::exit(0)
+        }
+        Some(other) => eprintln!("swpt-gateway: no program named {other:?}"),
+        None => {}
+    }
+    eprintln!("{}", usage(&names));
+    std::process::exit(crate::exit::CONFIG_EXIT)
+}
+
+fn usage(names: &[&str]) -> String {
+    format!(
+        "Usage: swpt-gateway PROGRAM [ARGS...], or a link to it named as the program\nPrograms: {}",
+        names.join(", ")
+    )
+}
