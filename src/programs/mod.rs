@@ -15,8 +15,11 @@ pub mod drainer;
 pub mod probe;
 pub mod server;
 
+/// A program's `main`: its command line in, never returns.
+pub type Main = fn(Vec<OsString>) -> !;
+
 /// Every program, by the name it is called by.
-pub const PROGRAMS: [(&str, fn(Vec<OsString>) -> !); 7] = [
+pub const PROGRAMS: [(&str, Main); 7] = [
     ("swpt-server", server::main),
     ("swpt-client", client::main),
     ("swpt-drainer", drainer::main),
@@ -27,7 +30,7 @@ pub const PROGRAMS: [(&str, fn(Vec<OsString>) -> !); 7] = [
 ];
 
 /// The program a name calls, if any.
-fn program(name: &OsString) -> Option<fn(Vec<OsString>) -> !> {
+fn program(name: &OsString) -> Option<Main> {
     let name = Path::new(name).file_name()?.to_str()?;
     PROGRAMS.iter().find(|(n, _)| *n == name).map(|(_, main)| *main)
 }
