@@ -1,17 +1,17 @@
-//! Records the git commit the binaries are built from, for `--version`
-//! (`unknown` outside a git checkout, as in a source tarball).
+//! Records the git commit the binaries are built from, for `--version`:
+//! `SWPT_GIT_REVISION` when set (the image build has no `.git`), else the
+//! checkout's, else `unknown` (a source tarball).
 
 use std::process::Command;
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    println!("cargo:rerun-if-env-changed=SWPT_GIT_REVISION");
+    let given = std::env::var("SWPT_GIT_REVISION")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+        .map(|r| r.trim().chars().take(12).collect::<String>())
+        .filter(|r| !r.is_empty() && r != "unknown");
+    let commit = given
+        .or_else(checkout_commit)
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SWPT_GIT_COMMIT={commit}");
     // A new commit changes HEAD or the branch it points to. Only paths
@@ -23,4 +23,16 @@ fn main() {
             println!("cargo:rerun-if-changed={path}");
         }
     }
+}
+
+/// The commit of the checkout the build runs in, if any.
+fn checkout_commit() -> Option<String> {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }

@@ -185,3 +185,45 @@ async fn broker_errors_hide_the_password() {
         "{text}"
     );
 }
+
+/// `major.minor` of a version such as `1.95.0` or `1.95`.
+fn minor(version: &str) -> String {
+    version.split('.').take(2).collect::<Vec<_>>().join(".")
+}
+
+#[test]
+fn one_toolchain_version_for_cargo_the_image_and_ci() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let manifest = std::fs::read_to_string(format!("{root}/Cargo.toml")).unwrap();
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("Cargo.toml declares rust-version");
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    let builder = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|l| l.split('-').next())
+        .expect("the Dockerfile builds FROM rust:<version>-...");
+    // The toolchain this suite (and so CI) is built with.
+    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let rustc = String::from_utf8_lossy(&rustc.stdout);
+    let ci = rustc
+        .split_whitespace()
+        .nth(1)
+        .expect("rustc --version names its version");
+    assert_eq!(
+        minor(declared),
+        minor(builder),
+        "Cargo.toml rust-version vs the Dockerfile's builder"
+    );
+    assert_eq!(
+        minor(declared),
+        minor(ci),
+        "Cargo.toml rust-version vs the toolchain CI builds with ({rustc})"
+    );
+}

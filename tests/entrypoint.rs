@@ -80,6 +80,60 @@ fn localhost_is_rewritten_in_the_named_variables() {
 }
 
 #[test]
+fn every_url_of_a_list_is_rewritten() {
+    let env = [
+        ("DOCKER_HOST_IP", "10.1.2.3"),
+        ("SUBSTITUTE_LOCALHOST_IN_VARS", "U"),
+        (
+            "U",
+            "amqp://guest:guest@localhost:5672,amqp://localhost/vh,amqp://localhostess,amqps://u@localhost",
+        ),
+    ];
+    let (ok, out) = entrypoint(&["sh", "-c", "echo $U"], &env);
+    assert!(ok, "{out}");
+    assert_eq!(
+        out.trim(),
+        "amqp://guest:guest@10.1.2.3:5672,amqp://10.1.2.3/vh,amqp://localhostess,amqps://u@10.1.2.3"
+    );
+}
+
+#[test]
+fn the_gateway_comes_from_the_routing_table_without_iproute2() {
+    let route = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let Some(hex) = route
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[1] == "00000000" && f[2] != "00000000")
+        .map(|f| f[2].to_string())
+    else {
+        swpt_testkit::skip(
+            "the_gateway_comes_from_the_routing_table",
+            "this machine has no default route",
+        );
+        return;
+    };
+    let gw = u32::from_str_radix(&hex, 16).unwrap().to_le_bytes();
+    let want = format!("amqp://{}.{}.{}.{}:5672", gw[0], gw[1], gw[2], gw[3]);
+    let env = [
+        ("SUBSTITUTE_LOCALHOST_IN_VARS", "U"),
+        ("U", "amqp://localhost:5672"),
+    ];
+    let (ok, out) = entrypoint(&["sh", "-c", "echo $U"], &env);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), want);
+}
+
+#[test]
+fn test_without_a_command_fails() {
+    let (ok, out) = entrypoint(
+        &["test"],
+        &[("PROTOCOL_BROKER_URL", "amqp://guest:guest@127.0.0.1:1")],
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("'test' needs a command"), "{out}");
+}
+
+#[test]
 fn test_command_waits_for_the_broker_then_runs() {
     let (ok, out) = entrypoint(
         &["test", "echo", "ran"],

@@ -435,72 +435,60 @@ pub const CA_SUBNET_AT_AA: &str = "000001";
 /// The CA's own creditors subnet.
 pub const CA_CREDITORS_SUBNET: &str = "000008";
 
+/// The AA's entry for a peer: the subnet it assigned it.
+fn aa_knows(aa: &NodeFiles, peer: &NodeFiles, subnet: &str, marker: &'static str) -> Result<(), GenError> {
+    let link = PeerLink {
+        peer,
+        subnet_file: Some(("subnet.txt", subnet)),
+        issued_by_peer_comment: None,
+        marker: Some(marker),
+    };
+    write_peer(aa, &link)
+}
+
+/// A CA's or DA's entry for its AA, which assigned it `subnet` (a CA
+/// keeps it in `masq-subnet.txt`).
+fn knows_aa(
+    node: &NodeFiles,
+    aa: &NodeFiles,
+    masq: bool,
+    subnet: &str,
+    marker: &'static str,
+) -> Result<(), GenError> {
+    let link = PeerLink {
+        peer: aa,
+        subnet_file: masq.then_some(("masq-subnet.txt", subnet)),
+        issued_by_peer_comment: Some(subnet),
+        marker: Some(marker),
+    };
+    write_peer(node, &link)
+}
+
 /// Writes a consistent AA + CA + DA test network under `dir` (`aa/`,
-/// `ca/`, `da/`).
+/// `ca/`, `da/`), every manifest naming `opts.host`.
 pub fn write_devnet(dir: &Path, opts: &DevnetOptions) -> Result<Devnet, GenError> {
     let da_subnet = format!("{}00", opts.aa_id);
-    let aa = NodeFiles::create(
-        dir.join("aa"),
-        Authority::new(NodeType::AA, Some(&opts.aa_id))?,
-        opts.aa_port,
-        None,
-    )?;
+    let node = |name: &str, node_type, aa_id: Option<&str>, port, subnet: Option<&str>| {
+        NodeFiles::create_at(
+            dir.join(name),
+            Authority::new(node_type, aa_id)?,
+            &opts.host,
+            port,
+            subnet,
+        )
+    };
+    let aa = node("aa", NodeType::AA, Some(&opts.aa_id), opts.aa_port, None)?;
     // A second server certificate of the AA's, for rotation tests.
     let next_key = KeyPair::generate()?;
     let next = aa.auth.issue_leaf(&next_key, &LeafOptions::default())?;
     write_file(&aa.dir, "next/server.crt", next.pem())?;
     write_key(&aa.dir, "next/server.key", next_key.serialize_pem())?;
-    let ca = NodeFiles::create(
-        dir.join("ca"),
-        Authority::new(NodeType::CA, None)?,
-        opts.ca_port,
-        Some(CA_CREDITORS_SUBNET),
-    )?;
-    let da = NodeFiles::create(
-        dir.join("da"),
-        Authority::new(NodeType::DA, None)?,
-        opts.da_port,
-        Some(&da_subnet),
-    )?;
-
-    // AA <-> CA
-    write_peer(
-        &aa,
-        &PeerLink {
-            peer: &ca,
-            subnet_file: Some(("subnet.txt", CA_SUBNET_AT_AA)),
-            issued_by_peer_comment: None,
-            marker: Some("ACTIVE"),
-        },
-    )?;
-    write_peer(
-        &ca,
-        &PeerLink {
-            peer: &aa,
-            subnet_file: Some(("masq-subnet.txt", CA_SUBNET_AT_AA)),
-            issued_by_peer_comment: Some(CA_SUBNET_AT_AA),
-            marker: Some("ACTIVE"),
-        },
-    )?;
-    // AA <-> DA
-    write_peer(
-        &aa,
-        &PeerLink {
-            peer: &da,
-            subnet_file: Some(("subnet.txt", &da_subnet)),
-            issued_by_peer_comment: None,
-            marker: Some("ACTIVE"),
-        },
-    )?;
-    write_peer(
-        &da,
-        &PeerLink {
-            peer: &aa,
-            subnet_file: None,
-            issued_by_peer_comment: Some(&da_subnet),
-            marker: Some("ACTIVE"),
-        },
-    )?;
+    let ca = node("ca", NodeType::CA, None, opts.ca_port, Some(CA_CREDITORS_SUBNET))?;
+    let da = node("da", NodeType::DA, None, opts.da_port, Some(&da_subnet))?;
+    aa_knows(&aa, &ca, CA_SUBNET_AT_AA, "ACTIVE")?;
+    knows_aa(&ca, &aa, true, CA_SUBNET_AT_AA, "ACTIVE")?;
+    aa_knows(&aa, &da, &da_subnet, "ACTIVE")?;
+    knows_aa(&da, &aa, false, &da_subnet, "ACTIVE")?;
 
     let mut net = Devnet {
         aa_dir: aa.dir.clone(),
@@ -513,68 +501,25 @@ pub fn write_devnet(dir: &Path, opts: &DevnetOptions) -> Result<Devnet, GenError
         deactivated_aa_id: None,
         extra_cas: Vec::new(),
     };
-
     if opts.deactivated {
-        let gone_ca = NodeFiles::create(
-            dir.join("deactivated-ca"),
-            Authority::new(NodeType::CA, None)?,
-            1,
-            Some(CA_CREDITORS_SUBNET),
-        )?;
-        write_peer(
-            &aa,
-            &PeerLink {
-                peer: &gone_ca,
-                subnet_file: Some(("subnet.txt", "000002")),
-                issued_by_peer_comment: None,
-                marker: Some("DEACTIVATED"),
-            },
-        )?;
-        let gone_aa = NodeFiles::create(
-            dir.join("deactivated-aa"),
-            Authority::new(NodeType::AA, Some("deac00ed"))?,
-            1,
-            None,
-        )?;
-        write_peer(
-            &ca,
-            &PeerLink {
-                peer: &gone_aa,
-                subnet_file: Some(("masq-subnet.txt", CA_SUBNET_AT_AA)),
-                issued_by_peer_comment: Some(CA_SUBNET_AT_AA),
-                marker: Some("DEACTIVATED"),
-            },
-        )?;
+        let gone_ca = node("deactivated-ca", NodeType::CA, None, 1, Some(CA_CREDITORS_SUBNET))?;
+        aa_knows(&aa, &gone_ca, "000002", "DEACTIVATED")?;
+        let gone_aa = node("deactivated-aa", NodeType::AA, Some("deac00ed"), 1, None)?;
+        knows_aa(&ca, &gone_aa, true, CA_SUBNET_AT_AA, "DEACTIVATED")?;
         net.deactivated_ca_id = Some(gone_ca.auth.node_id.clone());
         net.deactivated_aa_id = Some(gone_aa.auth.node_id.clone());
     }
-
     for i in 0..opts.extra_ca_peers {
         let subnet_at_aa = format!("{:06x}", 0x10 + i);
-        let extra = NodeFiles::create(
-            dir.join("extra-ca").join(i.to_string()),
-            Authority::new(NodeType::CA, None)?,
+        let extra = node(
+            &format!("extra-ca/{i}"),
+            NodeType::CA,
+            None,
             1,
             Some(CA_CREDITORS_SUBNET),
         )?;
-        write_peer(
-            &aa,
-            &PeerLink {
-                peer: &extra,
-                subnet_file: Some(("subnet.txt", &subnet_at_aa)),
-                issued_by_peer_comment: None,
-                marker: Some("ACTIVE"),
-            },
-        )?;
-        write_peer(
-            &extra,
-            &PeerLink {
-                peer: &aa,
-                subnet_file: Some(("masq-subnet.txt", &subnet_at_aa)),
-                issued_by_peer_comment: Some(&subnet_at_aa),
-                marker: Some("ACTIVE"),
-            },
-        )?;
+        aa_knows(&aa, &extra, &subnet_at_aa, "ACTIVE")?;
+        knows_aa(&extra, &aa, true, &subnet_at_aa, "ACTIVE")?;
         net.extra_cas
             .push((extra.auth.node_id.clone(), extra.dir.clone()));
     }

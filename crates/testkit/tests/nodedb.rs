@@ -167,6 +167,30 @@ async fn reads_a_generated_network() {
     assert!(active(&da_db, "1234abcd").await.unwrap().is_some());
 }
 
+#[tokio::test]
+async fn every_manifest_names_the_given_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = DevnetOptions {
+        host: "aa-server".to_string(),
+        ..Default::default()
+    };
+    let net = write_devnet(tmp.path(), &opts).unwrap();
+    for (node, peer) in [
+        (&net.ca_dir, "1234abcd"),
+        (&net.da_dir, "1234abcd"),
+        (&net.aa_dir, net.ca_id.as_str()),
+        (&net.aa_dir, net.da_id.as_str()),
+    ] {
+        let peer = active(&db(node), peer).await.unwrap().unwrap();
+        let server = &peer.servers_manifest.servers[0];
+        assert_eq!(server.host, "aa-server", "{}", node.display());
+    }
+    for node in [&net.aa_dir, &net.ca_dir, &net.da_dir] {
+        let own = std::fs::read_to_string(node.join("nodeinfo/stomp.toml")).unwrap();
+        assert!(own.contains("\"aa-server:"), "{own}");
+    }
+}
+
 fn openssl_verify(ca_file: &Path, untrusted: &Path, leaf: &Path) -> (bool, String) {
     let out = Command::new("openssl")
         .arg("verify")
