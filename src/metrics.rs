@@ -9,6 +9,13 @@
 //! (node IDs), queues, the SMP message types (`MessageType::ALL`; anything else is
 //! `other`) and a few fixed reasons; never message IDs.
 //!
+//! Every series the process knows of exists from the start, at zero:
+//! the fixed reasons when the server starts ([`Metrics::server_started`]),
+//! a peer's SEND series when it connects, a link's when it starts; a
+//! peer's series are removed when it stops being active in the node
+//! database ([`watch_certificates`] sees every change), a link's when it
+//! ends. So `rate()` and `absent()` see a peer that has never sent.
+//!
 //! Certificate expiry gauges are computed when scraped, from what
 //! [`watch_certificates`] last read (own certificate file, every peer's
 //! root and sub-CA certificate in the node database).
@@ -20,7 +27,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use smp_json::MessageType;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -57,6 +64,21 @@ fn type_label(index: usize) -> &'static str {
     MessageType::ALL.get(index).map_or("other", |t| t.as_str())
 }
 
+/// Every reason [`handshake_reason`] gives, and `timeout`.
+pub const HANDSHAKE_REASONS: [&str; 8] = [
+    "closed",
+    "certificate",
+    "no_certificate",
+    "incompatible",
+    "alert",
+    "protocol",
+    "io",
+    "timeout",
+];
+
+/// Every reason the server refuses a connection after its handshake for.
+pub const REFUSAL_REASONS: [&str; 3] = ["invalid_subject", "unknown_peer", "too_many_connections"];
+
 /// Every metric of the gateway, by the part that counts it.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +90,15 @@ pub struct Metrics {
     not_after: Mutex<NotAfter>,
     /// Says whether RabbitMQ blocks publishing now (the publisher's state).
     blocked_probe: Mutex<Option<BlockedProbe>>,
+    /// The peers with server series, and the links (peer, queue) with
+    /// client series: what [`Metrics::forget_inactive`] may remove.
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    peers: HashSet<String>,
+    links: HashSet<(String, String)>,
 }
 
 /// Why RabbitMQ blocks publishing, if it does.
@@ -299,8 +330,71 @@ impl Metrics {
             expiry: ExpiryFamilies::new(&r),
             not_after: Mutex::new(NotAfter::default()),
             blocked_probe: Mutex::new(None),
+            known: Mutex::new(Known::default()),
             registry: r,
         }
+    }
+
+    /// The server's fixed series, at zero: every handshake failure and
+    /// refusal reason.
+    pub fn server_started(&self) {
+        for reason in HANDSHAKE_REASONS {
+            self.server.handshake_failures.with_label_values(&[reason]);
+        }
+        for reason in REFUSAL_REASONS {
+            self.server.connections_refused.with_label_values(&[reason]);
+        }
+    }
+
+    /// Removes the series of the peers (server) and links (client) whose
+    /// peer is not active in `snapshot`.
+    fn forget_inactive(&self, snapshot: &Snapshot) {
+        let active = |peer: &str| snapshot.active_peer(peer).is_some();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.peers.retain(|peer| {
+            if active(peer) {
+                return true;
+            }
+            let _ = self.server.connections.remove_label_values(&[peer]);
+            for index in 0..TYPE_LABELS {
+                let labels = [peer.as_str(), type_label(index)];
+                for family in [
+                    &self.server.sends_received,
+                    &self.server.sends_published,
+                    &self.server.sends_refused,
+                ] {
+                    let _ = family.remove_label_values(&labels);
+                }
+            }
+            false
+        });
+        let gone: Vec<_> = known
+            .links
+            .iter()
+            .filter(|(peer, _)| !active(peer))
+            .cloned()
+            .collect();
+        drop(known);
+        for (peer, queue) in gone {
+            self.forget_link(&peer, &queue);
+        }
+    }
+
+    /// Removes the series of a link (it ended, or its peer is not active).
+    pub fn forget_link(&self, peer: &str, queue: &str) {
+        let l = &[peer, queue];
+        let _ = self.links.up.remove_label_values(l);
+        for family in [
+            &self.links.sent,
+            &self.links.acked,
+            &self.links.dead_lettered,
+            &self.links.reconnects,
+        ] {
+            let _ = family.remove_label_values(l);
+        }
+        let _ = self.links.receipt_seconds.remove_label_values(l);
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.links.remove(&(peer.to_string(), queue.to_string()));
     }
 
     /// Where `swpt_broker_blocked` is read from at each scrape.
@@ -336,19 +430,28 @@ impl Metrics {
         }
     }
 
-    /// The per-type SEND counters of one server connection.
+    /// The per-type SEND counters of one server connection, every series
+    /// at zero from now on.
     pub fn peer_types(&'static self, peer: &str) -> PeerTypes {
-        PeerTypes {
-            m: self,
-            peer: peer.to_string(),
-            received: Default::default(),
-            published: Default::default(),
-            refused: Default::default(),
-        }
+        let cells = |family: &IntCounterVec| {
+            std::array::from_fn(|index| family.with_label_values(&[peer, type_label(index)]))
+        };
+        let counters = PeerTypes {
+            received: cells(&self.server.sends_received),
+            published: cells(&self.server.sends_published),
+            refused: cells(&self.server.sends_refused),
+        };
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.peers.insert(peer.to_string());
+        counters
     }
 
-    /// The counters of one client link (or drainer) of `peer` and `queue`.
+    /// The counters of one client link of `peer` and `queue`, every series
+    /// at zero from now on.
     pub fn link(&'static self, peer: &str, queue: &str) -> LinkCounters {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.links.insert((peer.to_string(), queue.to_string()));
+        drop(known);
         let l = &[peer, queue];
         LinkCounters {
             up: self.links.up.with_label_values(l),
@@ -370,14 +473,11 @@ impl Metrics {
     }
 }
 
-/// One server connection's SEND counters by message type, each series
-/// made on first use.
+/// One server connection's SEND counters by message type.
 pub struct PeerTypes {
-    m: &'static Metrics,
-    peer: String,
-    received: [Option<IntCounter>; TYPE_LABELS],
-    published: [Option<IntCounter>; TYPE_LABELS],
-    refused: [Option<IntCounter>; TYPE_LABELS],
+    received: [IntCounter; TYPE_LABELS],
+    published: [IntCounter; TYPE_LABELS],
+    refused: [IntCounter; TYPE_LABELS],
 }
 
 /// Which of a connection's counters.
@@ -396,16 +496,14 @@ impl PeerTypes {
 
     /// Counts one SEND of the type at `index`.
     pub fn inc(&mut self, what: SendCount, index: usize) {
-        let (cells, family) = match what {
-            SendCount::Received => (&mut self.received, &self.m.server.sends_received),
-            SendCount::Published => (&mut self.published, &self.m.server.sends_published),
-            SendCount::Refused => (&mut self.refused, &self.m.server.sends_refused),
+        let cells = match what {
+            SendCount::Received => &self.received,
+            SendCount::Published => &self.published,
+            SendCount::Refused => &self.refused,
         };
-        let Some(cell) = cells.get_mut(index) else {
-            return;
-        };
-        cell.get_or_insert_with(|| family.with_label_values(&[&self.peer, type_label(index)]))
-            .inc();
+        if let Some(cell) = cells.get(index) {
+            cell.inc();
+        }
     }
 }
 
@@ -497,7 +595,7 @@ fn file_not_after(path: &std::path::Path) -> Option<i64> {
 type Expiry = (&'static str, i64);
 
 /// Keeps the expiry gauges' inputs fresh: our certificate (`own`, read
-/// again at every change of the node database) and every peer's root and
+/// again at every change of the node database) and every active peer's root and
 /// sub-CA certificates (parsed again only for the peers the watcher read
 /// again).
 pub fn watch_certificates(mut nodedata: watch::Receiver<Arc<Snapshot>>, own: Option<PathBuf>) {
@@ -508,8 +606,10 @@ pub fn watch_certificates(mut nodedata: watch::Receiver<Arc<Snapshot>>, own: Opt
         let mut parsed: HashMap<String, (Arc<PeerData>, Vec<Expiry>)> = HashMap::new();
         loop {
             let snapshot = nodedata.borrow_and_update().clone();
-            parsed.retain(|id, _| snapshot.peers.contains_key(id));
-            for (id, peer) in &snapshot.peers {
+            m.forget_inactive(&snapshot);
+            // Active peers only: a deactivated peer's expiry pages no one.
+            parsed.retain(|id, _| snapshot.active_peer(id).is_some());
+            for (id, peer) in snapshot.peers.iter().filter(|(_, p)| p.is_active()) {
                 if parsed.get(id).is_some_and(|(seen, _)| Arc::ptr_eq(seen, peer)) {
                     continue;
                 }

@@ -111,7 +111,7 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     );
     assert_eq!(
         metric(&page, &format!("swpt_server_sends_refused_total{pt}")),
-        None
+        Some(0.0)
     );
     assert_eq!(
         metric(&page, &format!("swpt_server_connections{{peer=\"{ca}\"}}")),
@@ -209,6 +209,119 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     wait_http(server_http, "/readyz", 200, WAIT).await;
 }
 
+/// The lines of a page that name `peer`.
+fn peer_series(page: &str, peer: &str) -> usize {
+    let label = format!("peer=\"{peer}\"");
+    page.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(&label))
+        .count()
+}
+
+/// Marks `peer` deactivated in the node database at `node`.
+fn deactivate(node: &Path, peer: &str) {
+    let dir = node.join("peers").join(peer);
+    std::fs::remove_file(dir.join("ACTIVE")).unwrap();
+    std::fs::write(dir.join("DEACTIVATED"), "").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_exist_at_zero_and_go_with_the_peer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let net = devnet(tmp.path());
+    let vhost = Vhost::new("zero");
+    let (_conn, ch) = channel(&vhost).await;
+    sink_queue(&ch, "accounts_in", "received").await;
+    configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
+    let (server_http, client_http) = (free_port(), free_port());
+    let port = peer_port(&net.ca_dir, "1234abcd");
+    let server_env = [
+        ("APP_HTTP_PORT", server_http.to_string()),
+        ("SWPT_SERVER_PORT", port.to_string()),
+        ("APP_NODEDATA_POLL_SECONDS", "1".to_string()),
+    ];
+    let _server = spawn(
+        "swpt-server",
+        &[],
+        &net.aa_dir,
+        &vhost.url,
+        &env_refs(&server_env),
+    );
+    wait_http(server_http, "/readyz", 200, WAIT).await;
+    // Before any connection: every reason at zero, no peer's series.
+    let (_, page) = http_get(server_http, "/metrics").await;
+    for reason in ["timeout", "certificate", "protocol", "closed"] {
+        let series = format!("swpt_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&page, &series), Some(0.0), "{series}");
+    }
+    for reason in ["unknown_peer", "invalid_subject", "too_many_connections"] {
+        let series = format!("swpt_server_connections_refused_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&page, &series), Some(0.0), "{series}");
+    }
+    let ca = &net.ca_id;
+    assert_eq!(
+        peer_series(&page, ca),
+        2,
+        "only the expiry gauges of the peer:\n{page}"
+    );
+
+    let client_env = [
+        ("APP_HTTP_PORT", client_http.to_string()),
+        ("APP_NODEDATA_POLL_SECONDS", "1".to_string()),
+    ];
+    let _client = spawn(
+        "swpt-client",
+        &["1234abcd", "to_aa"],
+        &net.ca_dir,
+        &vhost.url,
+        &env_refs(&client_env),
+    );
+    wait_http(client_http, "/readyz", 200, WAIT).await;
+    // Connected, nothing sent: the peer's series are there, at zero.
+    let page = wait_metric(
+        server_http,
+        &format!("swpt_server_connections{{peer=\"{ca}\"}}"),
+        1.0,
+        WAIT,
+    )
+    .await;
+    for msg_type in ["AccountUpdate", "PrepareTransfer", "other"] {
+        for family in ["received", "published", "refused"] {
+            let series = format!("swpt_server_sends_{family}_total{{peer=\"{ca}\",type=\"{msg_type}\"}}");
+            assert_eq!(metric(&page, &series), Some(0.0), "{series}");
+        }
+    }
+    let per_peer = peer_series(&page, ca);
+    assert!(per_peer <= 40, "{per_peer} series for one peer:\n{page}");
+    let link = "{peer=\"1234abcd\",queue=\"to_aa\"}";
+    let (_, page) = http_get(client_http, "/metrics").await;
+    for family in ["sent", "acked", "dead_lettered", "reconnects"] {
+        let series = format!("swpt_client_{family}_total{link}");
+        assert_eq!(metric(&page, &series), Some(0.0), "{series}");
+    }
+    let per_link = peer_series(&page, "1234abcd");
+    assert!(per_link <= 40, "{per_link} series for one link:\n{page}");
+
+    // The peer deactivated: its series go.
+    deactivate(&net.aa_dir, ca);
+    poll_until(WAIT, || async {
+        let (_, page) = http_get(server_http, "/metrics").await;
+        match peer_series(&page, ca) {
+            0 => Ok(()),
+            n => Err(format!("{n} series of the deactivated peer left:\n{page}")),
+        }
+    })
+    .await;
+    deactivate(&net.ca_dir, "1234abcd");
+    poll_until(WAIT, || async {
+        let (_, page) = http_get(client_http, "/metrics").await;
+        match peer_series(&page, "1234abcd") {
+            0 => Ok(()),
+            n => Err(format!("{n} series of the deactivated link left:\n{page}")),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drainer_endpoints_count_what_it_drains() {
     let tmp = tempfile::tempdir().unwrap();
@@ -256,11 +369,8 @@ async fn drainer_endpoints_count_what_it_drains() {
         Some(3.0)
     );
     assert_eq!(metric(&page, "swpt_publish_confirm_seconds_count"), Some(3.0));
-    assert!(metric(
-        &page,
-        &format!("swpt_peer_certificate_expiry_seconds{{certificate=\"root\",peer=\"{gone}\"}}")
-    )
-    .is_some());
+    // A deactivated peer's certificates page no one: no expiry series.
+    assert_eq!(peer_series(&page, &gone), 2, "consumed and replied only:\n{page}");
     drainer.sigterm();
     let _ = drainer.0.wait();
 }

@@ -123,6 +123,17 @@ pub async fn run(s: ClientSettings, link: LinkId, mut shutdown: Shutdown) -> Res
     result
 }
 
+/// A link's series, removed when the link ends.
+struct LinkSeries<'a>(&'a LinkId);
+
+impl Drop for LinkSeries<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = crate::metrics::get() {
+            m.forget_link(&self.0.peer, &self.0.queue);
+        }
+    }
+}
+
 /// Runs one link until shutdown: the peer, its manifest and our
 /// certificate are taken afresh for every connection; a peer that is not
 /// active is waited for; a failure is retried after a back-off.
@@ -131,11 +142,14 @@ async fn serve_link(shared: &Shared, id: &LinkId, shutdown: &mut Shutdown) -> Re
     let mut nodedata = shared.nodedata.clone();
     let mut backoff = Backoff::new();
     let mut queue_checked = false;
-    let counters = crate::metrics::get().map(|m| m.link(&id.peer, &id.queue));
+    let _series = LinkSeries(id);
     loop {
         let Some(peer) = active_peer(&mut nodedata, &id.peer, shutdown).await else {
             return Ok(());
         };
+        // At zero from the link's start; made again when its peer is
+        // active again (they are removed while it is not).
+        let counters = crate::metrics::get().map(|m| m.link(&id.peer, &id.queue));
         let node = nodedata.borrow().node.clone();
         let connector = match connector_for(s, &peer) {
             Ok(c) => c,

@@ -108,6 +108,9 @@ impl ServerContext {
         let files = vec![cert.to_path_buf(), key.to_path_buf()];
         let (nodedata, reload) = Watcher::start(root, files, internal.nodedata_poll()).await?;
         crate::metrics::watch_certificates(nodedata.clone(), Some(cert.to_path_buf()));
+        if let Some(m) = crate::metrics::get() {
+            m.server_started();
+        }
         let snapshot = nodedata.borrow().clone();
         let roots = PeerRoots::new();
         roots.update(&snapshot);
