@@ -134,20 +134,13 @@ fn respond(req: &Request<Incoming>, ready: &Readiness, shutdown: &Shutdown) -> R
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => {
-            let state = if shutdown.is_requested() {
-                Err("stopping".to_string())
-            } else {
-                ready()
-            };
-            match state {
-                Ok(()) => text(StatusCode::OK, "ready\n".into()),
-                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
-            }
-        }
+        "/readyz" => match readiness(ready, shutdown) {
+            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        },
         "/metrics" => match crate::metrics::get() {
             Some(m) => {
-                let mut r = text(StatusCode::OK, m.render());
+                let mut r = text(StatusCode::OK, m.render(readiness(ready, shutdown).is_ok()));
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -160,6 +153,15 @@ fn respond(req: &Request<Incoming>, ready: &Readiness, shutdown: &Shutdown) -> R
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz or /metrics\n".into(),
         ),
+    }
+}
+
+/// What `/readyz` says: not ready once stopping, else the program's state.
+fn readiness(ready: &Readiness, shutdown: &Shutdown) -> Result<(), String> {
+    if shutdown.is_requested() {
+        Err("stopping".to_string())
+    } else {
+        ready()
     }
 }
 

@@ -87,6 +87,7 @@ pub struct Metrics {
     links: LinkFamilies,
     drainer: DrainerFamilies,
     expiry: ExpiryFamilies,
+    ready: IntGauge,
     not_after: Mutex<NotAfter>,
     /// Says whether RabbitMQ blocks publishing now (the publisher's state).
     blocked_probe: Mutex<Option<BlockedProbe>>,
@@ -125,6 +126,18 @@ struct ConfirmFamilies {
     /// 1 while RabbitMQ blocks publishing (a memory or disk alarm),
     /// read from the publisher at each scrape.
     blocked: IntGauge,
+}
+
+/// 1 while the program is ready (`/readyz` answers 200), set at each
+/// scrape: what alerts can see of readiness.
+fn ready_gauge(r: &Registry) -> IntGauge {
+    add(
+        r,
+        IntGauge::new(
+            "swpt_ready",
+            "1 while the program is ready (/readyz answers 200), else 0.",
+        ),
+    )
 }
 
 /// The client's, by link (peer and queue).
@@ -328,6 +341,7 @@ impl Metrics {
             links: LinkFamilies::new(&r),
             drainer: DrainerFamilies::new(&r),
             expiry: ExpiryFamilies::new(&r),
+            ready: ready_gauge(&r),
             not_after: Mutex::new(NotAfter::default()),
             blocked_probe: Mutex::new(None),
             known: Mutex::new(Known::default()),
@@ -403,9 +417,10 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric, the expiry gauges
-    /// computed now.
-    pub fn render(&self) -> String {
+    /// computed now, `swpt_ready` from `ready`.
+    pub fn render(&self, ready: bool) -> String {
         self.update_expiry(unix_now());
+        self.ready.set(i64::from(ready));
         if let Some(probe) = &*self.blocked_probe.lock().unwrap_or_else(|e| e.into_inner()) {
             self.confirms.blocked.set(i64::from(probe().is_some()));
         }
@@ -704,7 +719,7 @@ mod tests {
             .push(("1234abcd".into(), "root", unix_now() + 100));
         m.not_after.lock().unwrap().own = Some(unix_now() + 50);
         m.confirms.seconds.observe(0.002);
-        let page = m.render();
+        let page = m.render(true);
         assert!(
             page.contains("swpt_server_sends_refused_total{peer=\"1234abcd\",type=\"other\"} 1"),
             "{page}"
@@ -741,5 +756,15 @@ mod tests {
             }
         }
         assert!(named >= 15, "{named}");
+
+        // And every metric the alerting rules name.
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/swpt-rules.yml");
+        let rules = std::fs::read_to_string(path).unwrap();
+        let words = rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        let named: Vec<&str> = words.filter(|w| w.starts_with("swpt_")).collect();
+        for word in &named {
+            assert!(shown.contains(*word), "the rules' {word} is not exposed");
+        }
+        assert!(named.len() >= 10, "{named:?}");
     }
 }

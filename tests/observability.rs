@@ -172,6 +172,9 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
         metric(&page, &format!("swpt_client_receipt_seconds_count{link}")),
         Some(n as f64)
     );
+    promtool_check("promtool_check_metrics_client", &page);
+    let (_, server_page) = http_get(server_http, "/metrics").await;
+    promtool_check("promtool_check_metrics_server", &server_page);
     // Connection refused while no server listened: each try counted.
     let tries = metric(&page, &format!("swpt_client_reconnects_total{link}")).unwrap();
     assert!(tries >= 1.0, "{tries}");
@@ -207,6 +210,37 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     assert!(why.contains("RabbitMQ"), "{why}");
     recreate_vhost(&vhost);
     wait_http(server_http, "/readyz", 200, WAIT).await;
+}
+
+/// `promtool check metrics` on a page (Prometheus' own lint of the
+/// exposition); a machine without promtool records a skip.
+fn promtool_check(test: &str, page: &str) {
+    use std::io::Write;
+    let promtool = std::env::var("SWPT_PROMTOOL").unwrap_or_else(|_| "promtool".to_string());
+    let child = std::process::Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut child) = child else {
+        swpt_testkit::skip(
+            test,
+            &format!("no {promtool} here (Debian's prometheus package has it)"),
+        );
+        return;
+    };
+    child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}"
+    );
 }
 
 /// The lines of a page that name `peer`.
@@ -369,6 +403,7 @@ async fn drainer_endpoints_count_what_it_drains() {
         Some(3.0)
     );
     assert_eq!(metric(&page, "swpt_publish_confirm_seconds_count"), Some(3.0));
+    promtool_check("promtool_check_metrics_drainer", &page);
     // A deactivated peer's certificates page no one: no expiry series.
     assert_eq!(peer_series(&page, &gone), 2, "consumed and replied only:\n{page}");
     drainer.sigterm();
