@@ -19,13 +19,13 @@ use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
 
 const ARRIVED: &str = "bench.links.arrived";
 
-fn queue(i: usize) -> String {
+pub(crate) fn queue(i: usize) -> String {
     format!("bench.links.{i}")
 }
 
 /// Declares `n` durable queues for the AA peer (filled by the bench
 /// through the default exchange) and writes the links file naming them.
-async fn queues(ch: &Channel, n: usize, file: &Path) -> anyhow::Result<()> {
+pub(crate) async fn queues(ch: &Channel, n: usize, file: &Path) -> anyhow::Result<()> {
     let mut lines = String::new();
     for i in 0..n {
         let options = QueueDeclareOptions {
@@ -43,7 +43,7 @@ async fn queues(ch: &Channel, n: usize, file: &Path) -> anyhow::Result<()> {
 
 /// Publishes `per_queue` messages to each of the first `n` queues, with
 /// confirms; message ids start at `first`.
-async fn fill(ch: &Channel, n: usize, per_queue: u64, first: u64) -> anyhow::Result<()> {
+pub(crate) async fn fill(ch: &Channel, n: usize, per_queue: u64, first: u64) -> anyhow::Result<()> {
     let mut pending = futures::stream::FuturesUnordered::new();
     let mut id = first;
     for _ in 0..per_queue {
@@ -117,7 +117,7 @@ pub async fn run(broker: &str, links: usize, seconds: u64, every: u64, count: u6
 
 /// Deletes the bench's queues: a broker left with a thousand durable
 /// queues takes long to restart (they are all recovered at boot).
-async fn delete_queues(conn: &lapin::Connection, n: usize) {
+pub(crate) async fn delete_queues(conn: &lapin::Connection, n: usize) {
     let Ok(ch) = conn.create_channel().await else {
         eprintln!("cannot delete the bench's queues bench.links.*: no channel");
         return;

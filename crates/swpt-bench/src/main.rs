@@ -17,6 +17,7 @@ mod counting;
 mod lapin_client;
 mod links;
 mod scale;
+mod soak;
 mod watch;
 
 use anyhow::{bail, Context};
@@ -118,6 +119,21 @@ enum Cmd {
         /// Polls to average.
         #[arg(short = 'n', long, default_value_t = 10)]
         polls: usize,
+    },
+    /// A swpt-server with many peers and a swpt-client with as many
+    /// links, under a steady load for a long time: RSS, open files and
+    /// threads sampled every 10 s, their slopes printed; fails when an RSS
+    /// grows more than 1 MiB per 10 minutes after the first minute.
+    Soak {
+        /// Peers connected to the server, and links of the client.
+        #[arg(short = 'p', long, default_value_t = 1000)]
+        peers: usize,
+        /// How long, in minutes.
+        #[arg(short = 'm', long, default_value_t = 10)]
+        minutes: u64,
+        /// Seconds between two messages of one peer (and of one link).
+        #[arg(long, default_value_t = 5)]
+        every: u64,
     },
     /// One swpt-server and many peers, each heart-beating and sending a
     /// message every few seconds.
@@ -496,18 +512,23 @@ fn start_client(g: &Gateway, broker: &str, buffer: usize) -> anyhow::Result<Proc
 /// Reads `/metrics` of the server and the client every second, as a
 /// Prometheus with a 1 s scrape interval would (15-60 s is usual).
 async fn scrape(ports: [u16; 2]) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        for port in ports {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                let get = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-                if s.write_all(get).await.is_ok() {
-                    let mut page = Vec::new();
-                    let _ = s.read_to_end(&mut page).await;
-                }
+        scrape_once(ports).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads `/metrics` of the server and the client once.
+pub async fn scrape_once(ports: [u16; 2]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for port in ports {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let get = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            if s.write_all(get).await.is_ok() {
+                let mut page = Vec::new();
+                let _ = s.read_to_end(&mut page).await;
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -1042,6 +1063,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seconds,
             every,
         } => scale::run(&cli.broker_url, peers, seconds, every).await,
+        Cmd::Soak {
+            peers,
+            minutes,
+            every,
+        } => soak::run(&cli.broker_url, peers, minutes, every).await,
         Cmd::Watch { peers, polls } => watch::run(peers, polls).await,
         Cmd::Counting { count } => counting::run(count),
         Cmd::Links {

@@ -7,16 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stomp_codec::{Frame, StompCodec, StompItem};
-use swpt_testkit::generate::{write_devnet, DevnetOptions};
+use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
 use tokio_util::codec::Framed;
 
 /// Counters shared by the peers.
 #[derive(Default)]
-struct Counters {
-    connected: AtomicU64,
-    dropped: AtomicU64,
-    sent: AtomicU64,
-    receipted: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) connected: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    pub(crate) sent: AtomicU64,
+    pub(crate) receipted: AtomicU64,
 }
 
 pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow::Result<()> {
@@ -49,30 +49,7 @@ pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow
     let rss_before = rss_kib(pid);
     let counters = Arc::new(Counters::default());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    let root = swpt_gateway::tls::load_certs(&net.aa_dir.join("root-ca.crt"))?.remove(0);
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, (_, ca_dir)) in net.extra_cas.iter().enumerate() {
-        let mut certs = swpt_gateway::tls::load_certs(&ca_dir.join("server.crt"))?;
-        certs.extend(swpt_gateway::tls::load_certs(
-            &ca_dir.join("peers/1234abcd/sub-ca.crt"),
-        )?);
-        let key = swpt_gateway::tls::load_key(&ca_dir.join("server.key"))?;
-        let config = Arc::new(swpt_gateway::tls::client_config(certs, key, "1234abcd", &root)?);
-        let counters = counters.clone();
-        // The creditor subnet the AA gave this peer: 0x10 + i.
-        let creditor = ((0x10 + i as i64) << 40) | 1;
-        tasks.spawn(async move {
-            if peer(config, port, creditor, every, deadline, &counters)
-                .await
-                .is_err()
-            {
-                counters.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
+    let mut tasks = start_peers(&net, port, every, deadline, &counters).await?;
     let mut peak = rss_before;
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -106,7 +83,44 @@ pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow
     Ok(())
 }
 
-async fn peer(
+/// Starts a STOMP session for every extra CA of `net` against the AA
+/// server on `port`, each sending a message every `every` seconds until
+/// `deadline` (a failed session counts as dropped).
+pub(crate) async fn start_peers(
+    net: &Devnet,
+    port: u16,
+    every: u64,
+    deadline: tokio::time::Instant,
+    counters: &Arc<Counters>,
+) -> anyhow::Result<tokio::task::JoinSet<()>> {
+    let root = swpt_gateway::tls::load_certs(&net.aa_dir.join("root-ca.crt"))?.remove(0);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (_, ca_dir)) in net.extra_cas.iter().enumerate() {
+        let mut certs = swpt_gateway::tls::load_certs(&ca_dir.join("server.crt"))?;
+        certs.extend(swpt_gateway::tls::load_certs(
+            &ca_dir.join("peers/1234abcd/sub-ca.crt"),
+        )?);
+        let key = swpt_gateway::tls::load_key(&ca_dir.join("server.key"))?;
+        let config = Arc::new(swpt_gateway::tls::client_config(certs, key, "1234abcd", &root)?);
+        let counters = counters.clone();
+        // The creditor subnet the AA gave this peer: 0x10 + i.
+        let creditor = ((0x10 + i as i64) << 40) | 1;
+        tasks.spawn(async move {
+            if peer(config, port, creditor, every, deadline, &counters)
+                .await
+                .is_err()
+            {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(tasks)
+}
+
+pub(crate) async fn peer(
     config: Arc<tokio_rustls::rustls::ClientConfig>,
     port: u16,
     creditor: i64,
