@@ -11,7 +11,7 @@
 use super::{no_queue, ClientSettings, LinkEnd};
 use crate::http::UpGuard;
 use crate::metrics::{LinkCounters, Raised};
-use crate::session::frames::{disconnect_frame, send_frame, stomp_frame, ServerFrame};
+use crate::session::frames::{self, disconnect_frame, send_frame, stomp_frame, ServerFrame};
 use crate::session::{until, Batch, Due, HeartBeats, Liveness, Timing};
 use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, SharedConnection};
@@ -260,20 +260,16 @@ impl<'a> Link<'a> {
                 if let Some(tag) = refused.filter(|t| self.inflight.iter().any(|(i, _)| i == t)) {
                     self.dead_letter(tag, &format!("the server refused the message: {message}"));
                 }
-                Err(LinkEnd::Retry(format!("Received server error \"{message}\".")))
+                Err(LinkEnd::Retry(frames::server_error(&message)))
             }
-            ServerFrame::Connected(_) => Err(LinkEnd::Retry(
-                "Received CONNECTED command more than once.".into(),
-            )),
-            ServerFrame::Unexpected(command) => Err(LinkEnd::Retry(format!(
-                "Received unexpected command \"{command}\"."
-            ))),
+            ServerFrame::Connected(_) => Err(LinkEnd::Retry(frames::CONNECTED_TWICE.into())),
+            ServerFrame::Unexpected(command) => Err(LinkEnd::Retry(frames::unexpected_command(&command))),
         }
     }
 
     fn on_receipt(&mut self, id: Option<String>) -> Result<(), LinkEnd> {
         let Some(tag) = id.and_then(|r| r.parse::<u64>().ok()) else {
-            return Err(LinkEnd::Retry("RECEIPT command without a receipt ID.".into()));
+            return Err(LinkEnd::Retry(frames::RECEIPT_WITHOUT_ID.into()));
         };
         if !self.inflight.iter().any(|(t, _)| *t == tag) {
             return Err(LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}")));
@@ -393,9 +389,9 @@ async fn handshake(conn: &mut Conn, peer: &PeerData, timing: &Timing) -> Result<
         };
         return match ServerFrame::from_frame(frame) {
             ServerFrame::Connected(offer) => Ok(timing.negotiate(offer.map_err(str::to_string)?)),
-            ServerFrame::Error { message, .. } => Err(format!("Received server error \"{message}\".")),
-            ServerFrame::Receipt(_) => Err("Received another command before CONNECTED.".into()),
-            ServerFrame::Unexpected(command) => Err(format!("Received unexpected command \"{command}\".")),
+            ServerFrame::Error { message, .. } => Err(frames::server_error(&message)),
+            ServerFrame::Receipt(_) => Err(frames::COMMAND_BEFORE_CONNECTED.into()),
+            ServerFrame::Unexpected(command) => Err(frames::unexpected_command(&command)),
         };
     }
 }

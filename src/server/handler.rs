@@ -6,7 +6,7 @@
 use super::session::{End, Session};
 use super::ServerContext;
 use crate::metrics;
-use crate::session::frames::error_frame;
+use crate::session::frames::{self, error_frame};
 use crate::shutdown::Shutdown;
 use crate::tls::peer_node_id;
 use futures::{SinkExt, StreamExt};
@@ -36,18 +36,13 @@ pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: Soc
     let mut conn = crate::session::framed(tls);
     let peer_id = match peer_cert.as_deref().map(peer_node_id) {
         Some(Ok(id)) => id,
-        _ => return refuse(&mut conn, "invalid_subject", "Invalid certificate subject.").await,
+        _ => return refuse(&mut conn, "invalid_subject", frames::INVALID_SUBJECT).await,
     };
     let Some(peer) = ctx.nodedata.borrow().active_peer(&peer_id) else {
-        return refuse(&mut conn, "unknown_peer", "Unknown peer serial number.").await;
+        return refuse(&mut conn, "unknown_peer", frames::UNKNOWN_PEER).await;
     };
     let Some(_slot) = ctx.take_slot(&peer_id) else {
-        return refuse(
-            &mut conn,
-            "too_many_connections",
-            "Too many connections from one peer.",
-        )
-        .await;
+        return refuse(&mut conn, "too_many_connections", frames::TOO_MANY_CONNECTIONS).await;
     };
     let _counted = metrics::server_connection(&peer_id);
     let span = tracing::info_span!("peer", peer = %peer_id, %addr);

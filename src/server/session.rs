@@ -22,8 +22,7 @@ use super::handler::{codec_error_text, Conn};
 use super::ServerContext;
 use crate::metrics::{self, InFlight, PeerTypes, SendCount};
 use crate::publish::out_message;
-use crate::session::frames::{connected_frame, error_frame, receipt_frame, ClientFrame, Send};
-use crate::session::liveness::silence_text;
+use crate::session::frames::{self, connected_frame, error_frame, receipt_frame, ClientFrame, Send};
 use crate::session::{until, Batch, Due, HeartBeats, Liveness};
 use crate::shutdown::Shutdown;
 use amqp_bridge::BridgeError;
@@ -56,7 +55,7 @@ fn fail(message: &str) -> End {
 
 fn broker_failed(e: BridgeError) -> End {
     tracing::error!("publishing failed: {e}");
-    fail("Internal server error.")
+    fail(frames::INTERNAL_SERVER_ERROR)
 }
 
 /// A confirmed publish: the SEND's receipt ID and message type (its
@@ -83,11 +82,6 @@ pub(super) struct Session<'a> {
     /// The peer's SEND counters, when metrics are on.
     counters: Option<PeerTypes>,
 }
-
-/// The ERROR a session ends with on shutdown.
-const CLOSED_BY_SERVER: &str = "The connection has been closed by the server.";
-/// The ERROR a session ends with when its peer stops being active.
-const DEACTIVATED: &str = "The peer has been deactivated.";
 
 impl<'a> Session<'a> {
     pub(super) fn new(ctx: &'a ServerContext, peer: Arc<PeerData>, shutdown: Shutdown) -> Self {
@@ -127,7 +121,7 @@ impl<'a> Session<'a> {
             let reading = self.reading();
             tokio::select! {
                 _ = self.shutdown.requested(), if self.draining.is_none() => {
-                    self.end_with(CLOSED_BY_SERVER, conn).await?
+                    self.end_with(frames::CLOSED_BY_SERVER, conn).await?
                 }
                 _ = until(self.draining.map(|(at, _)| at)) => {
                     tracing::warn!("{} publishes still unconfirmed at the end of the grace period", self.confirms.len());
@@ -174,7 +168,7 @@ impl<'a> Session<'a> {
         let deadline = tokio::time::Instant::now() + timing.connect_timeout;
         loop {
             let frame = match tokio::time::timeout_at(deadline, conn.next()).await {
-                Err(_) => return Err(fail("The CONNECT command was not received in time.")),
+                Err(_) => return Err(fail(frames::CONNECT_NOT_IN_TIME)),
                 Ok(None) => return Err(End::Closed),
                 Ok(Some(Err(e))) => return Err(fail(&codec_error_text(&e))),
                 Ok(Some(Ok(StompItem::HeartBeat))) => continue,
@@ -188,8 +182,8 @@ impl<'a> Session<'a> {
                     Ok(timing.negotiate(theirs))
                 }
                 ClientFrame::Connect(Err(text)) => Err(fail(text)),
-                ClientFrame::Disconnect { .. } => Err(fail("Received DISCONNECT before CONNECT.")),
-                _ => Err(fail("Received another command before CONNECT.")),
+                ClientFrame::Disconnect { .. } => Err(fail(frames::DISCONNECT_BEFORE_CONNECT)),
+                _ => Err(fail(frames::COMMAND_BEFORE_CONNECT)),
             };
         }
     }
@@ -215,7 +209,10 @@ impl<'a> Session<'a> {
         if let Err(end) = self.send_receipts(conn).await {
             return end;
         }
-        fail(self.draining.map_or(CLOSED_BY_SERVER, |(_, message)| message))
+        fail(
+            self.draining
+                .map_or(frames::CLOSED_BY_SERVER, |(_, message)| message),
+        )
     }
 
     /// Confirmations arrived (`first`, and whatever is ready after it). A
@@ -300,15 +297,13 @@ impl<'a> Session<'a> {
     /// One frame after CONNECT.
     async fn on_frame(&mut self, frame: ClientFrame, conn: &mut Conn) -> Result<(), End> {
         if self.disconnect.is_some() {
-            return Err(fail("Received command after DISCONNECT."));
+            return Err(fail(frames::COMMAND_AFTER_DISCONNECT));
         }
         match frame {
             ClientFrame::Send(send) => self.on_send(send.map_err(|text| fail(&text))?).await,
-            ClientFrame::Connect(_) => Err(fail("Received CONNECT command more than once.")),
+            ClientFrame::Connect(_) => Err(fail(frames::CONNECT_TWICE)),
             ClientFrame::Disconnect { receipt } => self.on_disconnect(receipt, conn).await,
-            ClientFrame::Unexpected(command) => {
-                Err(fail(&format!("Received unexpected command \"{command}\".")))
-            }
+            ClientFrame::Unexpected(command) => Err(fail(&frames::unexpected_command(&command))),
         }
     }
 
@@ -338,7 +333,7 @@ impl<'a> Session<'a> {
         self.count(SendCount::Received, msg_type);
         if send.destination != self.destination {
             self.count(SendCount::Refused, msg_type);
-            let text = format!("Invalid SEND destination \"{}\".", send.destination);
+            let text = frames::invalid_destination(&send.destination);
             return Err(send.error(&text).into());
         }
         let processed = smp_json::server_process(
@@ -401,7 +396,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         tracing::warn!("the peer is no longer active; ending its connection");
-        self.end_with(DEACTIVATED, conn).await
+        self.end_with(frames::DEACTIVATED, conn).await
     }
 }
 
@@ -409,6 +404,6 @@ impl<'a> Session<'a> {
 async fn on_due(due: Due, conn: &mut Conn) -> Result<(), End> {
     match due {
         Due::HeartBeat => conn.send(StompItem::HeartBeat).await.map_err(|_| End::Closed),
-        Due::Silent(limit) => Err(fail(&silence_text(limit))),
+        Due::Silent(limit) => Err(fail(&frames::silence_text(limit))),
     }
 }

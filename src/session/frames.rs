@@ -52,9 +52,9 @@ impl ClientFrame {
 fn connect_offer(frame: &Frame) -> Result<(u64, u64), &'static str> {
     let versions = frame.get("accept-version").unwrap_or("");
     if !versions.split(',').any(|v| v == "1.2") {
-        return Err("STOMP 1.2 is not supported by the client.");
+        return Err(CLIENT_NOT_1_2);
     }
-    parse_heartbeat(frame.get("heart-beat")).ok_or("Received invalid heart-beat value.")
+    parse_heartbeat(frame.get("heart-beat")).ok_or(INVALID_HEART_BEAT)
 }
 
 impl Send {
@@ -63,7 +63,7 @@ impl Send {
             frame
                 .get(name)
                 .map(str::to_string)
-                .ok_or_else(|| format!("SEND command without a {name} header."))
+                .ok_or_else(|| missing_send_header(name))
         };
         let receipt = take("receipt")?;
         let msg_type = take("type")?;
@@ -113,9 +113,9 @@ impl ServerFrame {
     pub fn from_frame(frame: Frame) -> ServerFrame {
         match frame.command.as_str() {
             "CONNECTED" => ServerFrame::Connected(if frame.get("version") != Some("1.2") {
-                Err("Received wrong protocol version.")
+                Err(WRONG_VERSION)
             } else {
-                parse_heartbeat(frame.get("heart-beat")).ok_or("Received invalid heart-beat value.")
+                parse_heartbeat(frame.get("heart-beat")).ok_or(INVALID_HEART_BEAT)
             }),
             "RECEIPT" => ServerFrame::Receipt(frame.get("receipt-id").map(str::to_string)),
             "ERROR" => ServerFrame::Error {
@@ -125,6 +125,54 @@ impl ServerFrame {
             _ => ServerFrame::Unexpected(frame.command),
         }
     }
+}
+
+// The protocol texts: the `message` of every ERROR we send, and what we
+// say of a server's wrong frame (the Python gateway's words, to the letter).
+
+pub const CLIENT_NOT_1_2: &str = "STOMP 1.2 is not supported by the client.";
+pub const INVALID_HEART_BEAT: &str = "Received invalid heart-beat value.";
+pub const WRONG_VERSION: &str = "Received wrong protocol version.";
+pub const INTERNAL_SERVER_ERROR: &str = "Internal server error.";
+/// The ERROR a session ends with on shutdown.
+pub const CLOSED_BY_SERVER: &str = "The connection has been closed by the server.";
+/// The ERROR a session ends with when its peer stops being active.
+pub const DEACTIVATED: &str = "The peer has been deactivated.";
+pub const CONNECT_NOT_IN_TIME: &str = "The CONNECT command was not received in time.";
+pub const DISCONNECT_BEFORE_CONNECT: &str = "Received DISCONNECT before CONNECT.";
+pub const COMMAND_BEFORE_CONNECT: &str = "Received another command before CONNECT.";
+pub const COMMAND_AFTER_DISCONNECT: &str = "Received command after DISCONNECT.";
+pub const CONNECT_TWICE: &str = "Received CONNECT command more than once.";
+pub const CONNECTED_TWICE: &str = "Received CONNECTED command more than once.";
+pub const COMMAND_BEFORE_CONNECTED: &str = "Received another command before CONNECTED.";
+pub const RECEIPT_WITHOUT_ID: &str = "RECEIPT command without a receipt ID.";
+pub const INVALID_SUBJECT: &str = "Invalid certificate subject.";
+pub const UNKNOWN_PEER: &str = "Unknown peer serial number.";
+pub const TOO_MANY_CONNECTIONS: &str = "Too many connections from one peer.";
+
+/// A command the session does not expect (either side).
+pub fn unexpected_command(command: &str) -> String {
+    format!("Received unexpected command \"{command}\".")
+}
+
+/// A SEND to a destination other than ours.
+pub fn invalid_destination(destination: &str) -> String {
+    format!("Invalid SEND destination \"{destination}\".")
+}
+
+/// A SEND without one of the headers it must carry.
+fn missing_send_header(name: &str) -> String {
+    format!("SEND command without a {name} header.")
+}
+
+/// The ERROR for a client silent longer than its heart-beats allow.
+pub fn silence_text(limit: std::time::Duration) -> String {
+    format!("No data received for {:.3} seconds.", limit.as_secs_f64())
+}
+
+/// The server's ERROR, as the client reports it.
+pub fn server_error(message: &str) -> String {
+    format!("Received server error \"{message}\".")
 }
 
 /// `ERROR` with `message`.

@@ -65,11 +65,6 @@ impl Liveness {
     }
 }
 
-/// The ERROR text for a silent peer.
-pub fn silence_text(limit: Duration) -> String {
-    format!("No data received for {:.3} seconds.", limit.as_secs_f64())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -213,40 +213,8 @@ pub(crate) fn read_peer_data(
     let servers_manifest = parse_manifest(&read_text(root, &manifest_file)?, &node.node_id)
         .map_err(|e| file_err(&manifest_file, e))?;
 
-    let (creditors_subnet, debtors_subnet) = match (node.node_type, node_type) {
-        (NodeType::AA, NodeType::CA) => (
-            read_subnet(root, &format!("{dir}/subnet.txt"))?,
-            node.debtors_subnet,
-        ),
-        (NodeType::AA, NodeType::DA) => (Subnet::ZERO, read_subnet(root, &format!("{dir}/subnet.txt"))?),
-        (NodeType::CA, NodeType::AA) => {
-            let rel = format!("{dir}/masq-subnet.txt");
-            let masq = read_subnet(root, &rel)?;
-            if masq.mask != node.creditors_subnet.mask {
-                return Err(file_err(
-                    &rel,
-                    "the masquerade subnet's mask differs from the mask of creditors-subnet.txt",
-                ));
-            }
-            (masq, node_id_subnet(peer_id, &dir)?)
-        }
-        (NodeType::DA, NodeType::AA) => (Subnet::ZERO, node.debtors_subnet),
-        (ours, theirs) => {
-            return Err(file_err(
-                &type_file,
-                format!("invalid peer pairing: we are {ours}, the peer is {theirs}"),
-            ));
-        }
-    };
-    let deactivated = root.join(&dir).join("DEACTIVATED").exists();
-    let active = root.join(&dir).join("ACTIVE").exists();
-    let state = if deactivated {
-        PeerState::Deactivated
-    } else if active {
-        PeerState::Active
-    } else {
-        PeerState::Inactive
-    };
+    let (creditors_subnet, debtors_subnet) = peer_subnets(root, node, node_type, peer_id, &dir)?;
+    let state = peer_state(&root.join(&dir));
     Ok(Some(PeerData {
         node_type,
         node_id: peer_id.to_string(),
@@ -257,4 +225,51 @@ pub(crate) fn read_peer_data(
         debtors_subnet,
         state,
     }))
+}
+
+/// The peer's creditors and debtors subnets, by the pairing of the two
+/// node types (SPEC's node database layout); any other pairing is an error
+/// naming the peer's `nodetype.txt`.
+fn peer_subnets(
+    root: &Path,
+    node: &NodeData,
+    node_type: NodeType,
+    peer_id: &str,
+    dir: &str,
+) -> Result<(Subnet, Subnet), DbError> {
+    let subnet_file = format!("{dir}/subnet.txt");
+    Ok(match (node.node_type, node_type) {
+        (NodeType::AA, NodeType::CA) => (read_subnet(root, &subnet_file)?, node.debtors_subnet),
+        (NodeType::AA, NodeType::DA) => (Subnet::ZERO, read_subnet(root, &subnet_file)?),
+        (NodeType::CA, NodeType::AA) => {
+            let rel = format!("{dir}/masq-subnet.txt");
+            let masq = read_subnet(root, &rel)?;
+            if masq.mask != node.creditors_subnet.mask {
+                return Err(file_err(
+                    &rel,
+                    "the masquerade subnet's mask differs from the mask of creditors-subnet.txt",
+                ));
+            }
+            (masq, node_id_subnet(peer_id, dir)?)
+        }
+        (NodeType::DA, NodeType::AA) => (Subnet::ZERO, node.debtors_subnet),
+        (ours, theirs) => {
+            return Err(file_err(
+                &format!("{dir}/nodetype.txt"),
+                format!("invalid peer pairing: we are {ours}, the peer is {theirs}"),
+            ));
+        }
+    })
+}
+
+/// A peer's state, from its directory's marker files (`DEACTIVATED` wins
+/// over `ACTIVE`).
+fn peer_state(dir: &Path) -> PeerState {
+    if dir.join("DEACTIVATED").exists() {
+        PeerState::Deactivated
+    } else if dir.join("ACTIVE").exists() {
+        PeerState::Active
+    } else {
+        PeerState::Inactive
+    }
 }

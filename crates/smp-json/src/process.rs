@@ -142,79 +142,137 @@ pub fn server_process(
     publication_from(node, peer, msg, now_micros)
 }
 
-/// The server-side rules from step 2 on, for a parsed message.
+/// The server-side rules from step 2 on, for a parsed message: the
+/// message checked against the peer, moved into our subnet (a CA), given
+/// its headers and routing key.
 pub fn publication_from(
     node: &NodeData,
     peer: &PeerData,
     mut msg: Message,
     now_micros: i64,
 ) -> Result<Publication, ProcessError> {
+    check_timestamp(&msg, now_micros)?;
+    check_subnets(peer, &msg)?;
+    let coordinator = checked_coordinator(node, peer, &msg)?;
+    let (ca_routing, ca_headers) = match node.node_type {
+        NodeType::CA => {
+            let (routing, headers) = move_to_ca_subnet(node, peer, &mut msg, coordinator.as_ref())?;
+            (routing, Some(headers))
+        }
+        _ => (None, None),
+    };
+    let headers = publication_headers(&msg, ca_headers, coordinator.as_ref());
+    let routing_key = ca_routing.unwrap_or_else(|| default_routing_key(node.node_type, &msg));
+    Ok(Publication {
+        msg_type: msg.msg_type,
+        body: msg.to_json(),
+        routing_key,
+        headers,
+    })
+}
+
+/// A coordinator's id and type, when the message names both.
+type Coordinator = (i64, String);
+
+/// The two headers a CA adds, telling its creditors and trade services
+/// apart.
+type CaHeaders = [(&'static str, HeaderValue); 2];
+
+fn check_timestamp(msg: &Message, now_micros: i64) -> Result<(), ProcessError> {
     let secs_ahead = (msg.ts_micros - now_micros) as f64 / 1e6;
     if secs_ahead > MAX_SECONDS_AHEAD {
         return Err(ProcessError::FutureTimestamp(format!("{secs_ahead:.0}")));
     }
+    Ok(())
+}
+
+fn check_subnets(peer: &PeerData, msg: &Message) -> Result<(), ProcessError> {
     if !peer.creditors_subnet.matches(msg.creditor_id) {
         return Err(ProcessError::InvalidCreditorId(msg.creditor_id));
     }
     if !peer.debtors_subnet.matches(msg.debtor_id) {
         return Err(ProcessError::InvalidDebtorId(msg.debtor_id));
     }
-    let coordinator = match (msg.coordinator_id, msg.coordinator_type.clone()) {
-        (Some(id), Some(t)) => Some((id, t)),
-        _ => None,
-    };
-    if let Some((coordinator_id, ct)) = &coordinator {
-        let ca = node.node_type == NodeType::CA || peer.node_type == NodeType::CA;
-        let da = node.node_type == NodeType::DA || peer.node_type == NodeType::DA;
-        if (ca && ct != "direct" && ct != "agent") || (da && ct != "issuing") {
-            return Err(ProcessError::InvalidCoordinatorType(ct.clone()));
-        }
-        let ok = match ct.as_str() {
-            "direct" => *coordinator_id == msg.creditor_id,
-            "agent" => peer.creditors_subnet.matches(*coordinator_id),
-            "issuing" => *coordinator_id == msg.debtor_id && msg.creditor_id == 0,
-            _ => true,
-        };
-        if !ok {
-            return Err(ProcessError::InvalidCoordinatorId);
-        }
-    }
+    Ok(())
+}
 
+/// The message's coordinator, checked: a type the two node types allow,
+/// an id that type allows.
+fn checked_coordinator(
+    node: &NodeData,
+    peer: &PeerData,
+    msg: &Message,
+) -> Result<Option<Coordinator>, ProcessError> {
+    let (Some(coordinator_id), Some(ct)) = (msg.coordinator_id, msg.coordinator_type.clone()) else {
+        return Ok(None);
+    };
+    let ca = node.node_type == NodeType::CA || peer.node_type == NodeType::CA;
+    let da = node.node_type == NodeType::DA || peer.node_type == NodeType::DA;
+    if (ca && ct != "direct" && ct != "agent") || (da && ct != "issuing") {
+        return Err(ProcessError::InvalidCoordinatorType(ct));
+    }
+    let ok = match ct.as_str() {
+        "direct" => coordinator_id == msg.creditor_id,
+        "agent" => peer.creditors_subnet.matches(coordinator_id),
+        "issuing" => coordinator_id == msg.debtor_id && msg.creditor_id == 0,
+        _ => true,
+    };
+    if !ok {
+        return Err(ProcessError::InvalidCoordinatorId);
+    }
+    Ok(Some((coordinator_id, ct)))
+}
+
+/// A CA's step: the creditor (and coordinator) ids moved from the peer's
+/// subnet into ours; an agent's transfer is routed by its coordinator.
+/// Returns that routing key, if any, and the CA's two headers.
+fn move_to_ca_subnet(
+    node: &NodeData,
+    peer: &PeerData,
+    msg: &mut Message,
+    coordinator: Option<&Coordinator>,
+) -> Result<(Option<String>, CaHeaders), ProcessError> {
+    let trade_account = msg.creditor_id & 0xff_0000_0000 == 0;
+    let notification =
+        msg.msg_type == MessageType::AccountTransfer && msg.coordinator_type.as_deref() == Some("agent");
+    let mut trade_transfer = false;
     let mut routing = None;
-    let mut ca_headers = None;
-    if node.node_type == NodeType::CA {
-        let trade_account = msg.creditor_id & 0xff_0000_0000 == 0;
-        let notification =
-            msg.msg_type == MessageType::AccountTransfer && msg.coordinator_type.as_deref() == Some("agent");
-        let mut trade_transfer = false;
+    let moved = peer
+        .creditors_subnet
+        .change_subnet(msg.creditor_id, &node.creditors_subnet)
+        .map_err(|_| ProcessError::InvalidCreditorId(msg.creditor_id))?;
+    msg.set_creditor_id(moved);
+    if let Some((coordinator_id, ct)) = coordinator {
         let moved = peer
             .creditors_subnet
-            .change_subnet(msg.creditor_id, &node.creditors_subnet)
-            .map_err(|_| ProcessError::InvalidCreditorId(msg.creditor_id))?;
-        msg.set_creditor_id(moved);
-        if let Some((coordinator_id, ct)) = &coordinator {
-            let moved = peer
-                .creditors_subnet
-                .change_subnet(*coordinator_id, &node.creditors_subnet)
-                .map_err(|_| ProcessError::InvalidCoordinatorId)?;
-            msg.set_coordinator_id(moved);
-            if ct == "agent" {
-                trade_transfer = true;
-                routing = Some(routing_key(&[moved]));
-            }
+            .change_subnet(*coordinator_id, &node.creditors_subnet)
+            .map_err(|_| ProcessError::InvalidCoordinatorId)?;
+        msg.set_coordinator_id(moved);
+        if ct == "agent" {
+            trade_transfer = true;
+            routing = Some(routing_key(&[moved]));
         }
-        ca_headers = Some([
-            (
-                "ca-creditors",
-                HeaderValue::Bool(!(trade_account || trade_transfer)),
-            ),
-            (
-                "ca-trade",
-                HeaderValue::Bool(trade_account || trade_transfer || notification),
-            ),
-        ]);
     }
+    let headers = [
+        (
+            "ca-creditors",
+            HeaderValue::Bool(!(trade_account || trade_transfer)),
+        ),
+        (
+            "ca-trade",
+            HeaderValue::Bool(trade_account || trade_transfer || notification),
+        ),
+    ];
+    Ok((routing, headers))
+}
 
+/// The publication's headers: the message type and ids, a CA's two, the
+/// coordinator's.
+fn publication_headers(
+    msg: &Message,
+    ca_headers: Option<CaHeaders>,
+    coordinator: Option<&Coordinator>,
+) -> Vec<(&'static str, HeaderValue)> {
     let mut headers = vec![
         (
             "message-type",
@@ -226,21 +284,21 @@ pub fn publication_from(
     if let Some(ca) = ca_headers {
         headers.extend(ca);
     }
-    if let (Some(id), Some((_, ct))) = (msg.coordinator_id, &coordinator) {
+    if let (Some(id), Some((_, ct))) = (msg.coordinator_id, coordinator) {
         headers.push(("coordinator-id", HeaderValue::Int(id)));
         headers.push(("coordinator-type", HeaderValue::Str(ct.clone())));
     }
-    let routing_key = routing.unwrap_or_else(|| match node.node_type {
+    headers
+}
+
+/// The routing key by node type: an AA's by debtor and creditor, a CA's by
+/// creditor, a DA's by debtor.
+fn default_routing_key(node_type: NodeType, msg: &Message) -> String {
+    match node_type {
         NodeType::AA => routing_key(&[msg.debtor_id, msg.creditor_id]),
         NodeType::CA => routing_key(&[msg.creditor_id]),
         NodeType::DA => routing_key(&[msg.debtor_id]),
-    });
-    Ok(Publication {
-        msg_type: msg.msg_type,
-        body: msg.to_json(),
-        routing_key,
-        headers,
-    })
+    }
 }
 
 /// The client side: checks and transforms a message from our queue before

@@ -93,6 +93,49 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// The optional `:SS` and fraction after the minutes: seconds,
+/// microseconds (a fraction of 1 to 9 digits, cut to 6) and what follows.
+fn parse_seconds(rest: &[u8]) -> Option<(u32, u32, &[u8])> {
+    if rest.first() != Some(&b':') {
+        return Some((0, 0, rest));
+    }
+    let second = digits(&rest[1..], 2)?;
+    let rest = &rest[3..];
+    if !matches!(rest.first(), Some(b'.') | Some(b',')) {
+        return Some((second, 0, rest));
+    }
+    let fraction = &rest[1..];
+    let n = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+    if n == 0 || n > 9 {
+        return None;
+    }
+    let mut micros = digits(fraction, n.min(6))?;
+    for _ in n..6 {
+        micros *= 10;
+    }
+    Some((second, micros, &fraction[n..]))
+}
+
+/// The offset: `Z`, or `+HH:MM` / `+HHMM` (or `-`), in minutes.
+fn parse_offset(tz: &[u8]) -> Option<i16> {
+    match tz {
+        [b'Z'] | [b'z'] => Some(0),
+        [sign @ (b'+' | b'-'), ..] => {
+            let (h, m) = match tz.len() {
+                6 if tz[3] == b':' => (digits(&tz[1..], 2)?, digits(&tz[4..], 2)?),
+                5 => (digits(&tz[1..], 2)?, digits(&tz[3..], 2)?),
+                _ => return None,
+            };
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let v = (h * 60 + m) as i16;
+            Some(if *sign == b'-' { -v } else { v })
+        }
+        _ => None,
+    }
+}
+
 impl Timestamp {
     /// Parses an ISO 8601 date-time with an offset.
     pub fn parse(s: &str) -> Option<Timestamp> {
@@ -104,53 +147,11 @@ impl Timestamp {
         }
         let hour = digits(&rest[1..], 2)?;
         let minute = digits(&rest[4..], 2)?;
-        let mut i = 6;
-        let mut second = 0;
-        let mut micros = 0;
-        if rest.get(i) == Some(&b':') {
-            second = digits(&rest[i + 1..], 2)?;
-            i += 3;
-            if matches!(rest.get(i), Some(b'.') | Some(b',')) {
-                i += 1;
-                let start = i;
-                while i < rest.len() && rest[i].is_ascii_digit() {
-                    i += 1;
-                }
-                let n = i - start;
-                if n == 0 || n > 9 {
-                    return None;
-                }
-                let mut frac = digits(&rest[start..], n.min(6))?;
-                for _ in n..6 {
-                    frac *= 10;
-                }
-                micros = frac;
-            }
-        }
+        let (second, micros, tz) = parse_seconds(&rest[6..])?;
         if hour > 23 || minute > 59 || second > 59 {
             return None;
         }
-        let tz = &rest[i..];
-        let offset_minutes: i32 = match tz {
-            [b'Z'] | [b'z'] => 0,
-            [sign @ (b'+' | b'-'), ..] => {
-                let (h, m) = match tz.len() {
-                    6 if tz[3] == b':' => (digits(&tz[1..], 2)?, digits(&tz[4..], 2)?),
-                    5 => (digits(&tz[1..], 2)?, digits(&tz[3..], 2)?),
-                    _ => return None,
-                };
-                if h > 23 || m > 59 {
-                    return None;
-                }
-                let v = (h * 60 + m) as i32;
-                if *sign == b'-' {
-                    -v
-                } else {
-                    v
-                }
-            }
-            _ => return None,
-        };
+        let offset_minutes = parse_offset(tz)?;
         Some(Timestamp {
             year,
             month,
@@ -159,7 +160,7 @@ impl Timestamp {
             minute: minute as u8,
             second: second as u8,
             micros,
-            offset_minutes: offset_minutes as i16,
+            offset_minutes,
         })
     }
 

@@ -323,153 +323,182 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// What one decoding step did: moved to the next state (decode on), or
+/// has an answer for the caller (an item, or `None`: more bytes needed).
+enum Step {
+    Next,
+    Out(Option<StompItem>),
+}
+
 impl Decoder for StompCodec {
     type Item = StompItem;
     type Error = CodecError;
 
+    /// Runs the states in turn: heart-beats between frames, the head (the
+    /// command line and the headers), the body up to its NUL.
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<StompItem>, CodecError> {
         loop {
-            match self.state {
-                State::Idle => {
-                    let mut skipped = 0;
-                    let mut beat = false;
-                    loop {
-                        match src.get(skipped) {
-                            Some(b'\n') => {
-                                skipped += 1;
-                                beat = true;
-                            }
-                            Some(b'\r') => match src.get(skipped + 1) {
-                                Some(b'\n') => {
-                                    skipped += 2;
-                                    beat = true;
-                                }
-                                Some(_) => break,
-                                None => {
-                                    // A lone "\r" so far: wait for more.
-                                    src.advance(skipped);
-                                    return Ok(beat.then_some(StompItem::HeartBeat));
-                                }
-                            },
-                            _ => break,
-                        }
-                    }
-                    src.advance(skipped);
-                    if beat {
-                        return Ok(Some(StompItem::HeartBeat));
-                    }
-                    if src.is_empty() {
-                        return Ok(None);
-                    }
-                    self.state = State::Head { scanned: 0 };
-                }
-                State::Head { scanned } => {
-                    // The command line must end early.
-                    let cmd_window = self.limits.max_command_len + 2;
-                    let newline = memchr::memchr(b'\n', &src[..src.len().min(cmd_window)]);
-                    if scanned == 0 {
-                        // Fail fast on a command line that cannot be valid.
-                        let line = &src[..newline.unwrap_or(src.len().min(cmd_window))];
-                        let line = match newline {
-                            Some(_) => strip_cr(line),
-                            None => line.strip_suffix(b"\r").unwrap_or(line),
-                        };
-                        self.check_command(line, false)?;
-                    }
-                    if newline.is_none() {
-                        if src.len() >= cmd_window {
-                            return Err(CodecError::InvalidCommand {
-                                max: self.limits.max_command_len,
-                            });
-                        }
-                        return Ok(None);
-                    }
-                    let max_head = self.max_head_len() + 1;
-                    let window = &src[..src.len().min(max_head)];
-                    match find_head_end(window, scanned) {
-                        Some(head_len) => {
-                            let (command, headers, content_length) = self.parse_head(&src[..head_len])?;
-                            self.pending = Some((command, headers));
-                            self.state = State::Body {
-                                head_len,
-                                content_length,
-                                scanned: 0,
-                            };
-                        }
-                        None => {
-                            if src.len() >= max_head {
-                                // Report a bad command line before the size.
-                                let first = memchr::memchr(b'\n', src).unwrap_or(0);
-                                self.check_command(strip_cr(&src[..first]), true)?;
-                                return Err(CodecError::HeadersTooLong {
-                                    max: self.limits.max_headers_len,
-                                });
-                            }
-                            // Rescan the last two bytes next time: the
-                            // blank line may straddle the boundary.
-                            self.state = State::Head {
-                                scanned: src.len().saturating_sub(2),
-                            };
-                            src.reserve(max_head.saturating_sub(src.len()).min(4096));
-                            return Ok(None);
-                        }
-                    }
-                }
+            let step = match self.state {
+                State::Idle => self.skip_heart_beats(src),
+                State::Head { scanned } => self.read_head(src, scanned)?,
                 State::Body {
                     head_len,
                     content_length,
                     scanned,
-                } => {
-                    let body_len = match content_length {
-                        Some(n) => {
-                            if src.len() < head_len + n + 1 {
-                                src.reserve(head_len + n + 1 - src.len());
-                                return Ok(None);
-                            }
-                            if src[head_len + n] != 0 {
-                                return Err(CodecError::MissingNul);
-                            }
-                            n
-                        }
-                        None => {
-                            let avail = &src[head_len..];
-                            let limit = self.limits.max_body_len + 1;
-                            let window = &avail[..avail.len().min(limit)];
-                            match memchr::memchr(0, &window[scanned.min(window.len())..]) {
-                                Some(pos) => scanned + pos,
-                                None => {
-                                    if avail.len() >= limit {
-                                        return Err(CodecError::BodyTooLong {
-                                            max: self.limits.max_body_len,
-                                        });
-                                    }
-                                    self.state = State::Body {
-                                        head_len,
-                                        content_length,
-                                        scanned: avail.len(),
-                                    };
-                                    return Ok(None);
-                                }
-                            }
-                        }
-                    };
-                    let mut frame_bytes = src.split_to(head_len + body_len + 1);
-                    frame_bytes.advance(head_len);
-                    frame_bytes.truncate(body_len);
-                    let (command, headers) = self.pending.take().unwrap_or_default();
-                    self.state = State::Idle;
-                    return Ok(Some(StompItem::Frame(Frame {
-                        command,
-                        headers,
-                        body: frame_bytes.freeze(),
-                    })));
-                }
+                } => self.read_body(src, head_len, content_length, scanned)?,
+            };
+            if let Step::Out(item) = step {
+                return Ok(item);
             }
         }
     }
 }
 
 impl StompCodec {
+    /// Between frames: the EOLs there are heart-beats (one item for a run
+    /// of them); anything else starts a head.
+    fn skip_heart_beats(&mut self, src: &mut BytesMut) -> Step {
+        let mut skipped = 0;
+        let mut beat = false;
+        loop {
+            match src.get(skipped) {
+                Some(b'\n') => {
+                    skipped += 1;
+                    beat = true;
+                }
+                Some(b'\r') => match src.get(skipped + 1) {
+                    Some(b'\n') => {
+                        skipped += 2;
+                        beat = true;
+                    }
+                    Some(_) => break,
+                    None => {
+                        // A lone "\r" so far: wait for more.
+                        src.advance(skipped);
+                        return Step::Out(beat.then_some(StompItem::HeartBeat));
+                    }
+                },
+                _ => break,
+            }
+        }
+        src.advance(skipped);
+        if beat {
+            return Step::Out(Some(StompItem::HeartBeat));
+        }
+        if src.is_empty() {
+            return Step::Out(None);
+        }
+        self.state = State::Head { scanned: 0 };
+        Step::Next
+    }
+
+    /// The head, up to its blank line: a bad command line fails as soon as
+    /// it is seen, a head longer than the limit fails without waiting for
+    /// its end; `scanned` is where the search for the blank line resumes.
+    fn read_head(&mut self, src: &mut BytesMut, scanned: usize) -> Result<Step, CodecError> {
+        // The command line must end early.
+        let cmd_window = self.limits.max_command_len + 2;
+        let newline = memchr::memchr(b'\n', &src[..src.len().min(cmd_window)]);
+        if scanned == 0 {
+            // Fail fast on a command line that cannot be valid.
+            let line = &src[..newline.unwrap_or(src.len().min(cmd_window))];
+            let line = match newline {
+                Some(_) => strip_cr(line),
+                None => line.strip_suffix(b"\r").unwrap_or(line),
+            };
+            self.check_command(line, false)?;
+        }
+        if newline.is_none() {
+            if src.len() >= cmd_window {
+                return Err(CodecError::InvalidCommand {
+                    max: self.limits.max_command_len,
+                });
+            }
+            return Ok(Step::Out(None));
+        }
+        let max_head = self.max_head_len() + 1;
+        let window = &src[..src.len().min(max_head)];
+        let Some(head_len) = find_head_end(window, scanned) else {
+            if src.len() >= max_head {
+                // Report a bad command line before the size.
+                let first = memchr::memchr(b'\n', src).unwrap_or(0);
+                self.check_command(strip_cr(&src[..first]), true)?;
+                return Err(CodecError::HeadersTooLong {
+                    max: self.limits.max_headers_len,
+                });
+            }
+            // Rescan the last two bytes next time: the blank line may
+            // straddle the boundary.
+            self.state = State::Head {
+                scanned: src.len().saturating_sub(2),
+            };
+            src.reserve(max_head.saturating_sub(src.len()).min(4096));
+            return Ok(Step::Out(None));
+        };
+        let (command, headers, content_length) = self.parse_head(&src[..head_len])?;
+        self.pending = Some((command, headers));
+        self.state = State::Body {
+            head_len,
+            content_length,
+            scanned: 0,
+        };
+        Ok(Step::Next)
+    }
+
+    /// The body: `content-length` bytes and a NUL, or (without that
+    /// header) up to the first NUL, within the size limit; then the frame.
+    fn read_body(
+        &mut self,
+        src: &mut BytesMut,
+        head_len: usize,
+        content_length: Option<usize>,
+        scanned: usize,
+    ) -> Result<Step, CodecError> {
+        let body_len = match content_length {
+            Some(n) => {
+                if src.len() < head_len + n + 1 {
+                    src.reserve(head_len + n + 1 - src.len());
+                    return Ok(Step::Out(None));
+                }
+                if src[head_len + n] != 0 {
+                    return Err(CodecError::MissingNul);
+                }
+                n
+            }
+            None => {
+                let avail = &src[head_len..];
+                let limit = self.limits.max_body_len + 1;
+                let window = &avail[..avail.len().min(limit)];
+                match memchr::memchr(0, &window[scanned.min(window.len())..]) {
+                    Some(pos) => scanned + pos,
+                    None => {
+                        if avail.len() >= limit {
+                            return Err(CodecError::BodyTooLong {
+                                max: self.limits.max_body_len,
+                            });
+                        }
+                        self.state = State::Body {
+                            head_len,
+                            content_length,
+                            scanned: avail.len(),
+                        };
+                        return Ok(Step::Out(None));
+                    }
+                }
+            }
+        };
+        let mut frame_bytes = src.split_to(head_len + body_len + 1);
+        frame_bytes.advance(head_len);
+        frame_bytes.truncate(body_len);
+        let (command, headers) = self.pending.take().unwrap_or_default();
+        self.state = State::Idle;
+        Ok(Step::Out(Some(StompItem::Frame(Frame {
+            command,
+            headers,
+            body: frame_bytes.freeze(),
+        }))))
+    }
+
     fn encode_frame(frame: &Frame, dst: &mut BytesMut) {
         let headers_len: usize = frame.headers.iter().map(|(n, v)| n.len() + v.len() + 2).sum();
         dst.reserve(frame.command.len() + headers_len + frame.body.len() + 40);
