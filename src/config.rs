@@ -139,33 +139,44 @@ impl Default for Internal {
     }
 }
 
-fn secs(v: f64, name: &str) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(v).map_err(|_| anyhow::anyhow!("{name}: invalid number of seconds {v}"))
+/// Checks that each named field holds a valid number of seconds; an error
+/// names the field's variable (the field's name in capitals).
+macro_rules! check_seconds {
+    ($internal:expr, $($field:ident),+) => {
+        $(
+            let v: f64 = $internal.$field;
+            if Duration::try_from_secs_f64(v).is_err() {
+                anyhow::bail!("{}: invalid number of seconds {v}", stringify!($field).to_ascii_uppercase());
+            }
+        )+
+    };
 }
 
 impl Internal {
     /// Reads the internal settings from the environment.
     pub fn from_env() -> anyhow::Result<Internal> {
-        let vars = std::env::vars().filter(|(k, _)| k.starts_with("APP_"));
+        Internal::from_vars(std::env::vars())
+    }
+
+    /// Reads the internal settings from `vars` (the `APP_*` among them).
+    fn from_vars(vars: impl Iterator<Item = (String, String)>) -> anyhow::Result<Internal> {
+        let vars = vars.filter(|(k, _)| k.starts_with("APP_"));
         let internal: Internal =
             envy::from_iter(vars).map_err(|e| anyhow::anyhow!("invalid internal setting (APP_*): {e}"))?;
         // Validate the durations once, naming the variable at fault.
-        secs(internal.app_ssl_handshake_timeout, "APP_SSL_HANDSHAKE_TIMEOUT")?;
-        secs(internal.app_peers_cache_seconds, "APP_PEERS_CACHE_SECONDS")?;
-        secs(internal.app_peers_check_seconds, "APP_PEERS_CHECK_SECONDS")?;
-        secs(
-            internal.app_rmq_connection_timeout_seconds,
-            "APP_RMQ_CONNECTION_TIMEOUT_SECONDS",
-        )?;
-        secs(
-            internal.app_rmq_confirmation_timeout_seconds,
-            "APP_RMQ_CONFIRMATION_TIMEOUT_SECONDS",
-        )?;
-        secs(internal.app_shutdown_grace_seconds, "APP_SHUTDOWN_GRACE_SECONDS")?;
+        check_seconds!(
+            internal,
+            app_ssl_handshake_timeout,
+            app_peers_cache_seconds,
+            app_peers_check_seconds,
+            app_rmq_connection_timeout_seconds,
+            app_rmq_confirmation_timeout_seconds,
+            app_shutdown_grace_seconds,
+            app_nodedata_poll_seconds
+        );
         if internal.app_nodedata_poll_seconds <= 0.0 {
             anyhow::bail!("APP_NODEDATA_POLL_SECONDS must be more than 0");
         }
-        secs(internal.app_nodedata_poll_seconds, "APP_NODEDATA_POLL_SECONDS")?;
         if internal.app_max_cached_peers == 0 {
             anyhow::bail!("APP_MAX_CACHED_PEERS must be at least 1");
         }
@@ -211,5 +222,51 @@ impl Internal {
             watchdog_every: Duration::from_millis(self.app_stomp_watchdog_ms.max(1)),
             connect_timeout: Duration::from_millis(self.app_stomp_connect_timeout_ms),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Internal;
+
+    fn read(vars: &[(&str, &str)]) -> anyhow::Result<Internal> {
+        Internal::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn a_bad_duration_names_its_variable() {
+        for name in [
+            "APP_SSL_HANDSHAKE_TIMEOUT",
+            "APP_PEERS_CACHE_SECONDS",
+            "APP_RMQ_CONFIRMATION_TIMEOUT_SECONDS",
+            "APP_SHUTDOWN_GRACE_SECONDS",
+        ] {
+            for bad in ["-1", "nan", "1e300"] {
+                let e = read(&[(name, bad)]).unwrap_err().to_string();
+                assert!(
+                    e.starts_with(&format!("{name}: invalid number of seconds")),
+                    "{e}"
+                );
+            }
+        }
+        let e = read(&[("APP_NODEDATA_POLL_SECONDS", "0")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "APP_NODEDATA_POLL_SECONDS must be more than 0");
+    }
+
+    #[test]
+    fn settings_come_from_app_variables_only() {
+        let internal = read(&[
+            ("APP_SHUTDOWN_GRACE_SECONDS", "2.5"),
+            ("SHUTDOWN_GRACE_SECONDS", "x"),
+        ])
+        .unwrap();
+        assert_eq!(internal.shutdown_grace().as_millis(), 2500);
+        assert_eq!(internal.nodedata_poll().as_secs(), 5);
+        let e = read(&[("APP_MAX_CONNECTIONS_PER_PEER", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("APP_MAX_CONNECTIONS_PER_PEER"), "{e}");
     }
 }
