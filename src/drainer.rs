@@ -60,7 +60,7 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
         .ok_or_else(|| anyhow::anyhow!("peer {} is not in the node database", s.peer_id))?;
     // The node database is followed while waiting for the deactivation,
     // and for the certificate-expiry metrics: one watcher for both.
-    let watching = !peer.is_deactivated() || crate::metrics::get().is_some();
+    let watching = !peer.is_deactivated() || crate::metrics::served();
     let nodedata = match watching {
         true => Some(watch_nodedata(db.root(), &s).await?),
         false => None,
@@ -148,8 +148,8 @@ struct Drain<'a> {
     /// is in here too, already done, so that acks keep that order).
     pending: FuturesOrdered<Pending>,
     window: usize,
-    /// Consumed and replied, when metrics are on.
-    counters: Option<(IntCounter, IntCounter)>,
+    /// Consumed and replied.
+    counters: (IntCounter, IntCounter),
     _up: UpGuard,
 }
 
@@ -175,7 +175,7 @@ impl<'a> Drain<'a> {
             publisher,
             pending: FuturesOrdered::new(),
             window: s.server_buffer.max(1),
-            counters: crate::metrics::get().map(|m| m.drainer(&s.peer_id, &s.queue)),
+            counters: crate::metrics::get().drainer(&s.peer_id, &s.queue),
             _up: s.up.up(),
         })
     }
@@ -251,9 +251,7 @@ impl<'a> Drain<'a> {
     /// dead-lettered when it cannot be handled.
     async fn on_delivery(&mut self, m: InMessage) {
         let tag = m.delivery_tag;
-        if let Some((consumed, _)) = &self.counters {
-            consumed.inc();
-        }
+        self.counters.0.inc();
         let msg = match smp_json::client_process(self.node, self.peer, &m.msg_type, &m.content_type, &m.body)
         {
             Ok(msg) => msg,
@@ -274,12 +272,12 @@ impl<'a> Drain<'a> {
             };
         let message = out_message(self.node.node_type.in_exchange(), &publication);
         let in_flight = InFlight::start();
-        let replied = self.counters.as_ref().map(|(_, replied)| replied.clone());
+        let replied = self.counters.1.clone();
         let confirm = self.publisher.publish(&message).await;
         self.pending.push_back(Box::pin(confirm.map(move |r| {
             if r.is_ok() {
                 in_flight.confirmed();
-                replied.inspect(|c| c.inc());
+                replied.inc();
             }
             (tag, r)
         })));

@@ -40,13 +40,14 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    /// Turns the metrics on and binds the listener, when a port is given
-    /// (call it before the work starts, so that everything is counted).
+    /// Serves the metrics and binds the listener, when a port is given
+    /// (call it before the work starts: the certificate expiry is watched
+    /// only when served).
     pub async fn bind(&self) -> anyhow::Result<Option<TcpListener>> {
         let Some(port) = self.http_port else {
             return Ok(None);
         };
-        crate::metrics::enable();
+        crate::metrics::serve();
         let addr = SocketAddr::new(self.http_bind, port);
         let listener = TcpListener::bind(addr)
             .await
@@ -138,17 +139,15 @@ fn respond(req: &Request<Incoming>, ready: &Readiness, shutdown: &Shutdown) -> R
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
             Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
         },
-        "/metrics" => match crate::metrics::get() {
-            Some(m) => {
-                let mut r = text(StatusCode::OK, m.render(readiness(ready, shutdown).is_ok()));
-                r.headers_mut().insert(
-                    hyper::header::CONTENT_TYPE,
-                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                r
-            }
-            None => text(StatusCode::NOT_FOUND, "metrics are off\n".into()),
-        },
+        "/metrics" => {
+            let page = crate::metrics::get().render(readiness(ready, shutdown).is_ok());
+            let mut r = text(StatusCode::OK, page);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /healthz, /readyz or /metrics\n".into(),

@@ -1,9 +1,9 @@
 //! What the gateway counts, for Prometheus (`GET /metrics`, see
 //! [`crate::http`]).
 //!
-//! One process-wide [`Metrics`], created only when the HTTP listener is
-//! on ([`enable`]); every count goes through [`get`], so a process
-//! without the listener counts nothing. Counting is atomics on handles
+//! One process-wide [`Metrics`], made on first use ([`get`]) and always
+//! counting, so that no call site asks whether metrics are on; the HTTP
+//! listener, when on, serves it ([`serve`]). Counting is atomics on handles
 //! looked up once per connection or link ([`PeerTypes`], [`LinkCounters`]),
 //! never a label lookup per message. Label values are bounded: peers
 //! (node IDs), queues, the SMP message types (`MessageType::ALL`; anything else is
@@ -29,20 +29,29 @@ use prometheus::{
 use smp_json::MessageType;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
+static SERVED: AtomicBool = AtomicBool::new(false);
 
-/// The metrics, when the HTTP listener is on.
-pub fn get() -> Option<&'static Metrics> {
-    METRICS.get()
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    METRICS.get_or_init(Metrics::new)
 }
 
-/// Turns counting on (once; later calls return the same metrics).
-pub fn enable() -> &'static Metrics {
-    METRICS.get_or_init(Metrics::new)
+/// The HTTP listener is on: what only a scrape shows (the certificate
+/// expiry gauges) is kept from now on.
+pub fn serve() -> &'static Metrics {
+    SERVED.store(true, Ordering::Relaxed);
+    get()
+}
+
+/// Whether the metrics are served.
+pub fn served() -> bool {
+    SERVED.load(Ordering::Relaxed)
 }
 
 /// The buckets of the latency histograms (seconds): 0.5 ms to 20 s.
@@ -536,32 +545,23 @@ pub struct LinkCounters {
 /// A publish waiting for its confirmation: counted in
 /// `swpt_confirms_pending` until dropped; [`InFlight::confirmed`]
 /// records its latency.
-pub struct InFlight(Option<Instant>);
+pub struct InFlight(Instant);
 
 impl InFlight {
     pub fn start() -> InFlight {
-        match get() {
-            Some(m) => {
-                m.confirms.pending.inc();
-                InFlight(Some(Instant::now()))
-            }
-            None => InFlight(None),
-        }
+        get().confirms.pending.inc();
+        InFlight(Instant::now())
     }
 
     /// RabbitMQ confirmed the publish.
     pub fn confirmed(self) {
-        if let (Some(m), Some(started)) = (get(), self.0) {
-            m.confirms.seconds.observe(started.elapsed().as_secs_f64());
-        }
+        get().confirms.seconds.observe(self.0.elapsed().as_secs_f64());
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let (Some(m), Some(_)) = (get(), self.0) {
-            m.confirms.pending.dec();
-        }
+        get().confirms.pending.dec();
     }
 }
 
@@ -583,9 +583,7 @@ pub fn handshake_reason(e: &std::io::Error) -> &'static str {
 
 /// Counts a failed handshake (`timeout`, or the reason of `e`).
 pub fn handshake_failed(reason: &'static str) {
-    if let Some(m) = get() {
-        m.server.handshake_failures.with_label_values(&[reason]).inc();
-    }
+    get().server.handshake_failures.with_label_values(&[reason]).inc();
 }
 
 fn unix_now() -> i64 {
@@ -614,9 +612,10 @@ type Expiry = (&'static str, i64);
 /// sub-CA certificates (parsed again only for the peers the watcher read
 /// again).
 pub fn watch_certificates(mut nodedata: watch::Receiver<Arc<Snapshot>>, own: Option<PathBuf>) {
-    let Some(m) = get() else {
+    if !served() {
         return;
-    };
+    }
+    let m = get();
     tokio::spawn(async move {
         let mut parsed: HashMap<String, (Arc<PeerData>, Vec<Expiry>)> = HashMap::new();
         loop {
@@ -649,35 +648,33 @@ pub fn watch_certificates(mut nodedata: watch::Receiver<Arc<Snapshot>>, own: Opt
 
 /// A gauge raised by one for as long as the guard lives (an open
 /// connection, an established link).
-pub struct Raised(Option<IntGauge>);
+pub struct Raised(IntGauge);
 
 impl Raised {
-    pub fn new(gauge: Option<IntGauge>) -> Raised {
-        if let Some(g) = &gauge {
-            g.inc();
-        }
+    pub fn new(gauge: IntGauge) -> Raised {
+        gauge.inc();
         Raised(gauge)
     }
 }
 
 impl Drop for Raised {
     fn drop(&mut self) {
-        if let Some(g) = &self.0 {
-            g.dec();
-        }
+        self.0.dec();
     }
 }
 
 /// An open server connection of `peer`, counted while it lives.
 pub fn server_connection(peer: &str) -> Raised {
-    Raised::new(get().map(|m| m.server.connections.with_label_values(&[peer])))
+    Raised::new(get().server.connections.with_label_values(&[peer]))
 }
 
 /// Counts a connection refused after its handshake.
 pub fn connection_refused(reason: &'static str) {
-    if let Some(m) = get() {
-        m.server.connections_refused.with_label_values(&[reason]).inc();
-    }
+    get()
+        .server
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
 }
 
 #[cfg(test)]

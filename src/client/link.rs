@@ -34,8 +34,8 @@ type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
 pub(super) struct Context<'a> {
     pub s: &'a ClientSettings,
     pub queue: &'a str,
-    /// The link's series, when metrics are on.
-    pub counters: Option<&'a LinkCounters>,
+    /// The link's series.
+    pub counters: &'a LinkCounters,
     pub node: &'a NodeData,
     pub peer: &'a PeerData,
     pub connector: &'a TlsConnector,
@@ -68,10 +68,10 @@ struct Link<'a> {
     conn: Conn,
     consumer: Consumer,
     /// Delivery tags sent and not yet receipted, in order, with when
-    /// they were sent (when metrics are on: for the receipt histogram).
-    inflight: VecDeque<(u64, Option<Instant>)>,
-    /// The link's series, when metrics are on.
-    counters: Option<&'a LinkCounters>,
+    /// they were sent (for the receipt histogram).
+    inflight: VecDeque<(u64, Instant)>,
+    /// The link's series.
+    counters: &'a LinkCounters,
     /// Up while the link lives: readiness, and `swpt_client_link_up`.
     _up: (UpGuard, Raised),
     /// Messages sent and receipted on this connection, and since when:
@@ -107,7 +107,7 @@ impl<'a> Link<'a> {
             consumer,
             inflight: VecDeque::new(),
             counters: cx.counters,
-            _up: (s.up.up(), Raised::new(cx.counters.map(|c| c.up.clone()))),
+            _up: (s.up.up(), Raised::new(cx.counters.up.clone())),
             figures: (0, 0, Instant::now()),
             acks: Batch::new(s.buffer),
             disconnecting: None,
@@ -208,12 +208,9 @@ impl<'a> Link<'a> {
                     if let Err(e) = self.conn.feed(frame).await {
                         return Err(self.after_write_failure(format!("sending failed: {e}")).await);
                     }
-                    let sent = self.counters.map(|_| Instant::now());
-                    self.inflight.push_back((m.delivery_tag, sent));
+                    self.inflight.push_back((m.delivery_tag, Instant::now()));
                     self.figures.0 += 1;
-                    if let Some(c) = self.counters {
-                        c.sent.inc();
-                    }
+                    self.counters.sent.inc();
                 }
                 Err(e) => {
                     let detail = e.detail().map(|d| format!(" ({d})")).unwrap_or_default();
@@ -275,13 +272,12 @@ impl<'a> Link<'a> {
             return Err(LinkEnd::Retry(format!("RECEIPT for an unknown message {tag}")));
         }
         let mut count = 0;
-        let now = self.counters.map(|_| Instant::now());
+        let now = Instant::now();
         while let Some(&(_, sent)) = self.inflight.front().filter(|(t, _)| *t <= tag) {
             self.inflight.pop_front();
-            if let (Some(c), Some(now), Some(sent)) = (self.counters, now, sent) {
-                c.receipt_seconds.observe(now.duration_since(sent).as_secs_f64());
-                c.acked.inc();
-            }
+            let c = self.counters;
+            c.receipt_seconds.observe(now.duration_since(sent).as_secs_f64());
+            c.acked.inc();
             count += 1;
         }
         self.acks.add(tag, count);
@@ -295,9 +291,7 @@ impl<'a> Link<'a> {
     /// Rejects a message to the dead-letter queue.
     fn dead_letter(&mut self, tag: u64, why: &str) {
         self.consumer.dead_letter(tag, why);
-        if let Some(c) = self.counters {
-            c.dead_lettered.inc();
-        }
+        self.counters.dead_lettered.inc();
     }
 
     /// Acks everything receipted so far.

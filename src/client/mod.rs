@@ -128,9 +128,7 @@ struct LinkSeries<'a>(&'a LinkId);
 
 impl Drop for LinkSeries<'_> {
     fn drop(&mut self) {
-        if let Some(m) = crate::metrics::get() {
-            m.forget_link(&self.0.peer, &self.0.queue);
-        }
+        crate::metrics::get().forget_link(&self.0.peer, &self.0.queue);
     }
 }
 
@@ -149,7 +147,7 @@ async fn serve_link(shared: &Shared, id: &LinkId, shutdown: &mut Shutdown) -> Re
         };
         // At zero from the link's start; made again when its peer is
         // active again (they are removed while it is not).
-        let counters = crate::metrics::get().map(|m| m.link(&id.peer, &id.queue));
+        let counters = crate::metrics::get().link(&id.peer, &id.queue);
         let node = nodedata.borrow().node.clone();
         let connector = match connector_for(s, &peer) {
             Ok(c) => c,
@@ -169,7 +167,7 @@ async fn serve_link(shared: &Shared, id: &LinkId, shutdown: &mut Shutdown) -> Re
             &link::Context {
                 s,
                 queue: &id.queue,
-                counters: counters.as_ref(),
+                counters: &counters,
                 node: &node,
                 peer: &peer,
                 connector: &connector,
@@ -184,9 +182,7 @@ async fn serve_link(shared: &Shared, id: &LinkId, shutdown: &mut Shutdown) -> Re
             LinkEnd::Inactive => continue,
             LinkEnd::Fatal(e) => return Err(e),
             LinkEnd::Retry(why) => {
-                if let Some(c) = &counters {
-                    c.reconnects.inc();
-                }
+                counters.reconnects.inc();
                 let what = format!("link to peer {} ended: {why}", peer.node_id);
                 if !backoff.pause(started.elapsed(), &what, shutdown).await {
                     return Ok(());

@@ -75,10 +75,8 @@ impl ServerContext {
     /// `swpt_broker_blocked` gauge.
     pub fn readiness(&self) -> crate::http::Readiness {
         let (broker, publisher) = (self.broker.clone(), self.publisher.clone());
-        if let Some(m) = crate::metrics::get() {
-            let p = publisher.clone();
-            m.watch_blocked(Box::new(move || p.blocked()));
-        }
+        let p = publisher.clone();
+        crate::metrics::get().watch_blocked(Box::new(move || p.blocked()));
         Arc::new(move || {
             if let Some(reason) = publisher.blocked() {
                 return Err(format!("RabbitMQ blocked publishing: {reason}"));
@@ -108,9 +106,7 @@ impl ServerContext {
         let files = vec![cert.to_path_buf(), key.to_path_buf()];
         let (nodedata, reload) = Watcher::start(root, files, internal.nodedata_poll()).await?;
         crate::metrics::watch_certificates(nodedata.clone(), Some(cert.to_path_buf()));
-        if let Some(m) = crate::metrics::get() {
-            m.server_started();
-        }
+        crate::metrics::get().server_started();
         let snapshot = nodedata.borrow().clone();
         let roots = PeerRoots::new();
         roots.update(&snapshot);

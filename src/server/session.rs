@@ -79,8 +79,8 @@ pub(super) struct Session<'a> {
     draining: Option<(Instant, &'static str)>,
     /// The node database, followed for our peer's state.
     nodedata: watch::Receiver<Arc<Snapshot>>,
-    /// The peer's SEND counters, when metrics are on.
-    counters: Option<PeerTypes>,
+    /// The peer's SEND counters.
+    counters: PeerTypes,
 }
 
 impl<'a> Session<'a> {
@@ -95,15 +95,13 @@ impl<'a> Session<'a> {
             pending_error: None,
             draining: None,
             nodedata: ctx.nodedata.clone(),
-            counters: metrics::get().map(|m| m.peer_types(&peer.node_id)),
+            counters: metrics::get().peer_types(&peer.node_id),
             peer,
         }
     }
 
     fn count(&mut self, what: SendCount, msg_type: usize) {
-        if let Some(c) = &mut self.counters {
-            c.inc(what, msg_type);
-        }
+        self.counters.inc(what, msg_type);
     }
 
     /// Runs the session until it ends; the caller then sends the ERROR (if
@@ -325,11 +323,8 @@ impl<'a> Session<'a> {
     /// SEND: checked, transformed and published; its receipt waits for the
     /// confirmation.
     async fn on_send(&mut self, send: Send) -> Result<(), End> {
-        // The label index of its type (only counted with metrics on).
-        let msg_type = match self.counters {
-            Some(_) => PeerTypes::index(&send.msg_type),
-            None => 0,
-        };
+        // The label index of its type.
+        let msg_type = PeerTypes::index(&send.msg_type);
         self.count(SendCount::Received, msg_type);
         if send.destination != self.destination {
             self.count(SendCount::Refused, msg_type);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use swpt_gateway::metrics::{self, InFlight, PeerTypes, SendCount};
 
 pub fn run(n: u64) -> anyhow::Result<()> {
-    let m = metrics::enable();
+    let m = metrics::serve();
     let mut types = m.peer_types("1234abcd");
     let link = m.link("1234abcd", "bench.to_aa");
     let n = n.max(1);
