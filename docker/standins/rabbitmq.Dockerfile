@@ -10,6 +10,8 @@ RUN apt-get update \
 ENV HOME=/var/lib/rabbitmq \
     RABBITMQ_LOGS=-
 WORKDIR /var/lib/rabbitmq
+# The package's postinst picks the rabbitmq user's uid; named, not numbered.
+# hadolint ignore=DL3066
 USER rabbitmq
 EXPOSE 5672 15672
 CMD ["/usr/lib/rabbitmq/bin/rabbitmq-server"]
