@@ -172,27 +172,14 @@ async fn soak(
             counted.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
-    let mut queued = 0u64;
-    let mut next_fill = tokio::time::Instant::now();
-    let mut next_sample = tokio::time::Instant::now();
     eprintln!("soaking for {minutes} min: {peers} peers and {peers} links, a message each every {every} s");
-    while tokio::time::Instant::now() < deadline {
-        if tokio::time::Instant::now() >= next_fill {
-            crate::links::fill(ch, peers, 1, queued).await?;
-            queued += peers as u64;
-            next_fill += Duration::from_secs(every.max(1));
-        }
-        if tokio::time::Instant::now() >= next_sample {
-            crate::scrape_once(http).await;
-            let at = started.elapsed().as_secs_f64();
-            for (i, pid) in pids.iter().enumerate() {
-                samples[i].push(sample(*pid, at));
-            }
-            next_sample += SAMPLE_EVERY;
-        }
-        tokio::time::sleep_until(next_fill.min(next_sample).min(deadline)).await;
-    }
+    let load = Load {
+        peers,
+        every,
+        http,
+        pids,
+    };
+    let (samples, queued) = load.run(ch, started, deadline).await?;
     while sessions.join_next().await.is_some() {}
     let expected = queued + counters.sent.load(Ordering::Relaxed);
     let settle = Instant::now();
@@ -200,10 +187,58 @@ async fn soak(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drain.abort();
-    let c = &counters;
     println!(
         "soak: {minutes} min, {peers} peers sending to the server and {peers} links of the client, a message each every {every} s"
     );
+    verdict(&counters, queued, arrived.load(Ordering::Relaxed), &samples)
+}
+
+/// The client's side of the load, and the sampling of both processes.
+struct Load {
+    peers: usize,
+    every: u64,
+    http: [u16; 2],
+    pids: [u32; 2],
+}
+
+impl Load {
+    /// Until `deadline`: a message into each link's queue every `every`
+    /// seconds, both processes scraped and sampled every 10 s. Returns the
+    /// samples (server, client) and how many messages were queued.
+    async fn run(
+        &self,
+        ch: &lapin::Channel,
+        started: Instant,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<([Vec<Sample>; 2], u64)> {
+        let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+        let mut queued = 0u64;
+        let mut next_fill = tokio::time::Instant::now();
+        let mut next_sample = tokio::time::Instant::now();
+        while tokio::time::Instant::now() < deadline {
+            if tokio::time::Instant::now() >= next_fill {
+                crate::links::fill(ch, self.peers, 1, queued).await?;
+                queued += self.peers as u64;
+                next_fill += Duration::from_secs(self.every.max(1));
+            }
+            if tokio::time::Instant::now() >= next_sample {
+                crate::scrape_once(self.http).await;
+                let at = started.elapsed().as_secs_f64();
+                for (i, pid) in self.pids.iter().enumerate() {
+                    samples[i].push(sample(*pid, at));
+                }
+                next_sample += SAMPLE_EVERY;
+            }
+            tokio::time::sleep_until(next_fill.min(next_sample).min(deadline)).await;
+        }
+        Ok((samples, queued))
+    }
+}
+
+/// Prints what was sent and what arrived, and the slopes; fails when a
+/// message is missing or an RSS grows faster than the limit.
+fn verdict(c: &Counters, queued: u64, arrived: u64, samples: &[Vec<Sample>; 2]) -> anyhow::Result<()> {
+    let expected = queued + c.sent.load(Ordering::Relaxed);
     println!(
         "peers connected {}, dropped {}; sent {} (receipted {}) + queued {}; arrived {}",
         c.connected.load(Ordering::Relaxed),
@@ -211,14 +246,11 @@ async fn soak(
         c.sent.load(Ordering::Relaxed),
         c.receipted.load(Ordering::Relaxed),
         queued,
-        arrived.load(Ordering::Relaxed)
+        arrived
     );
     let growth = [report("server", &samples[0]), report("client", &samples[1])];
-    if arrived.load(Ordering::Relaxed) < expected {
-        bail!(
-            "{} messages did not arrive",
-            expected - arrived.load(Ordering::Relaxed)
-        );
+    if arrived < expected {
+        bail!("{} messages did not arrive", expected - arrived);
     }
     for (name, g) in ["server", "client"].iter().zip(growth) {
         if g > RSS_LIMIT_KIB_PER_10_MIN {
