@@ -1,8 +1,8 @@
 //! `swpt-nodedata devnet DIR`: writes a local AA + CA + DA test network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use swpt_testkit::generate::{write_devnet, DevnetOptions};
+use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
 
 const USAGE: &str = "\
 Usage: swpt-nodedata devnet DIR [--host NAME] [--aa-port N] [--ca-port N] [--da-port N]
@@ -36,6 +36,14 @@ fn run(args: &[String]) -> Result<(), String> {
         Some(other) => return Err(format!("unknown command '{other}'")),
         None => return Err("missing command".into()),
     }
+    let (dir, opts) = devnet_args(it)?;
+    let net = write_devnet(&dir, &opts).map_err(|e| e.to_string())?;
+    print_devnet(&net, &dir);
+    Ok(())
+}
+
+/// The DIR and the options of `devnet`.
+fn devnet_args<'a>(mut it: impl Iterator<Item = &'a String>) -> Result<(PathBuf, DevnetOptions), String> {
     let mut dir: Option<PathBuf> = None;
     let mut opts = DevnetOptions::default();
     while let Some(arg) = it.next() {
@@ -71,8 +79,11 @@ fn run(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    let dir = dir.ok_or("missing DIR")?;
-    let net = write_devnet(&dir, &opts).map_err(|e| e.to_string())?;
+    Ok((dir.ok_or("missing DIR")?, opts))
+}
+
+/// Says what was written where.
+fn print_devnet(net: &Devnet, dir: &Path) {
     println!("AA {} in {}", net.aa_id, net.aa_dir.display());
     println!("CA {} in {}", net.ca_id, net.ca_dir.display());
     println!("DA {} in {}", net.da_id, net.da_dir.display());
@@ -89,5 +100,4 @@ fn run(args: &[String]) -> Result<(), String> {
             dir.join("extra-ca").display()
         );
     }
-    Ok(())
 }
