@@ -20,19 +20,23 @@
 //! [`watch_certificates`] last read (own certificate file, every peer's
 //! root and sub-CA certificate in the node database).
 
-use nodedata::{PeerData, Snapshot};
+mod expiry;
+mod handshake;
+
+pub use expiry::watch_certificates;
+use expiry::NotAfter;
+pub use handshake::handshake_reason;
+use nodedata::Snapshot;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use smp_json::MessageType;
-use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
 static SERVED: AtomicBool = AtomicBool::new(false);
@@ -169,14 +173,6 @@ struct DrainerFamilies {
 struct ExpiryFamilies {
     own: Gauge,
     peer: GaugeVec,
-}
-
-/// The expiry times (Unix seconds) the gauges are computed from.
-#[derive(Default)]
-struct NotAfter {
-    own: Option<i64>,
-    /// (peer, certificate kind, not after)
-    peers: Vec<(String, &'static str, i64)>,
 }
 
 /// Registers `metric` (names are fixed and unique: a failure is a bug).
@@ -565,22 +561,6 @@ impl Drop for InFlight {
     }
 }
 
-/// Why a TLS handshake failed, as a bounded label value.
-pub fn handshake_reason(e: &std::io::Error) -> &'static str {
-    use rustls::Error as E;
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        return "closed";
-    }
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
-        Some(E::InvalidCertificate(_)) => "certificate",
-        Some(E::NoCertificatesPresented) => "no_certificate",
-        Some(E::PeerIncompatible(_)) => "incompatible",
-        Some(E::AlertReceived(_)) => "alert",
-        Some(_) => "protocol",
-        None => "io",
-    }
-}
-
 /// Counts a failed handshake (`timeout`, or the reason of `e`).
 pub fn handshake_failed(reason: &'static str) {
     get().server.handshake_failures.with_label_values(&[reason]).inc();
@@ -590,60 +570,6 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// The notAfter of a DER certificate (Unix seconds).
-fn not_after(der: &[u8]) -> Option<i64> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(cert.validity().not_after.timestamp())
-}
-
-/// The notAfter of the first certificate of a PEM file.
-fn file_not_after(path: &std::path::Path) -> Option<i64> {
-    let certs = crate::tls::load_certs(path).ok()?;
-    not_after(certs.first()?)
-}
-
-/// A certificate's kind (`root`, `sub-ca`) and its notAfter (Unix seconds).
-type Expiry = (&'static str, i64);
-
-/// Keeps the expiry gauges' inputs fresh: our certificate (`own`, read
-/// again at every change of the node database) and every active peer's root and
-/// sub-CA certificates (parsed again only for the peers the watcher read
-/// again).
-pub fn watch_certificates(mut nodedata: watch::Receiver<Arc<Snapshot>>, own: Option<PathBuf>) {
-    if !served() {
-        return;
-    }
-    let m = get();
-    tokio::spawn(async move {
-        let mut parsed: HashMap<String, (Arc<PeerData>, Vec<Expiry>)> = HashMap::new();
-        loop {
-            let snapshot = nodedata.borrow_and_update().clone();
-            m.forget_inactive(&snapshot);
-            // Active peers only: a deactivated peer's expiry pages no one.
-            parsed.retain(|id, _| snapshot.active_peer(id).is_some());
-            for (id, peer) in snapshot.peers.iter().filter(|(_, p)| p.is_active()) {
-                if parsed.get(id).is_some_and(|(seen, _)| Arc::ptr_eq(seen, peer)) {
-                    continue;
-                }
-                let expiry = [("root", &peer.root_cert), ("sub-ca", &peer.sub_cert)]
-                    .into_iter()
-                    .filter_map(|(kind, der)| Some((kind, not_after(der)?)))
-                    .collect();
-                parsed.insert(id.clone(), (peer.clone(), expiry));
-            }
-            let peers = parsed
-                .iter()
-                .flat_map(|(id, (_, expiry))| expiry.iter().map(move |(kind, at)| (id.clone(), *kind, *at)))
-                .collect();
-            let own = own.as_deref().and_then(file_not_after);
-            *m.not_after.lock().unwrap_or_else(|e| e.into_inner()) = NotAfter { own, peers };
-            if nodedata.changed().await.is_err() {
-                break;
-            }
-        }
-    });
 }
 
 /// A gauge raised by one for as long as the guard lives (an open
