@@ -14,7 +14,7 @@ pub mod timestamp;
 
 pub use process::{
     as_hex, client_process, drainer_reply, parse_message, publication_from, routing_key, server_process,
-    HeaderValue, ProcessError, Publication, MAX_SECONDS_AHEAD,
+    Direction, HeaderValue, ProcessError, Publication, MAX_SECONDS_AHEAD,
 };
 pub use schema::{FieldValues, Message, MessageType, SchemaError};
 pub use timestamp::{now_micros, Timestamp};

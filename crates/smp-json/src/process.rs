@@ -104,20 +104,53 @@ pub struct Publication {
     pub headers: Vec<(&'static str, HeaderValue)>,
 }
 
-/// Parses a message: content type, known type allowed in this direction,
-/// schema.
+/// Which way a message travels: to an accounting authority (the *in*
+/// types) or from one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToAa,
+    FromAa,
+}
+
+impl Direction {
+    /// What a node of `node_type` receives from its peers.
+    pub fn received_by(node_type: NodeType) -> Direction {
+        match node_type {
+            NodeType::AA => Direction::ToAa,
+            NodeType::CA | NodeType::DA => Direction::FromAa,
+        }
+    }
+
+    /// What a node of `node_type` sends to its peers.
+    pub fn sent_by(node_type: NodeType) -> Direction {
+        match node_type {
+            NodeType::AA => Direction::FromAa,
+            NodeType::CA | NodeType::DA => Direction::ToAa,
+        }
+    }
+
+    fn of(t: MessageType) -> Direction {
+        if t.is_in() {
+            Direction::ToAa
+        } else {
+            Direction::FromAa
+        }
+    }
+}
+
+/// Parses a message: content type, a known type travelling in
+/// `direction`, schema.
 pub fn parse_message(
     msg_type: &str,
     content_type: &str,
     body: &[u8],
-    allow_in: bool,
-    allow_out: bool,
+    direction: Direction,
 ) -> Result<Message, ProcessError> {
     if content_type != "application/json" {
         return Err(ProcessError::UnsupportedContentType(content_type.to_string()));
     }
     let t = match MessageType::parse(msg_type) {
-        Some(t) if (t.is_in() && allow_in) || (!t.is_in() && allow_out) => t,
+        Some(t) if Direction::of(t) == direction => t,
         _ => return Err(ProcessError::InvalidType(msg_type.to_string())),
     };
     Message::parse(t, body).map_err(|e| ProcessError::InvalidMessage(msg_type.to_string(), e))
@@ -137,8 +170,8 @@ pub fn server_process(
     body: &[u8],
     now_micros: i64,
 ) -> Result<Publication, ProcessError> {
-    let is_aa = node.node_type == NodeType::AA;
-    let msg = parse_message(msg_type, content_type, body, is_aa, !is_aa)?;
+    let direction = Direction::received_by(node.node_type);
+    let msg = parse_message(msg_type, content_type, body, direction)?;
     publication_from(node, peer, msg, now_micros)
 }
 
@@ -311,8 +344,8 @@ pub fn client_process(
     content_type: &str,
     body: &[u8],
 ) -> Result<Message, ProcessError> {
-    let is_aa = node.node_type == NodeType::AA;
-    let mut msg = parse_message(msg_type, content_type, body, !is_aa, is_aa)?;
+    let direction = Direction::sent_by(node.node_type);
+    let mut msg = parse_message(msg_type, content_type, body, direction)?;
     if node.node_type == NodeType::CA {
         let moved = node
             .creditors_subnet

@@ -835,3 +835,25 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_type_is_accepted_only_in_its_direction() {
+    use NodeType::*;
+    assert_eq!(Direction::received_by(AA), Direction::ToAa);
+    assert_eq!(Direction::sent_by(AA), Direction::FromAa);
+    for t in [CA, DA] {
+        assert_eq!(Direction::received_by(t), Direction::FromAa);
+        assert_eq!(Direction::sent_by(t), Direction::ToAa);
+    }
+    let json = "application/json";
+    // The content type and the direction are checked before the body.
+    let wrong = parse_message("AccountUpdate", json, b"{}", Direction::ToAa);
+    assert!(matches!(wrong, Err(ProcessError::InvalidType(t)) if t == "AccountUpdate"));
+    let wrong = parse_message("PrepareTransfer", json, b"{}", Direction::FromAa);
+    assert!(matches!(wrong, Err(ProcessError::InvalidType(_))));
+    let right = parse_message("PrepareTransfer", json, b"{}", Direction::ToAa);
+    assert!(
+        matches!(right, Err(ProcessError::InvalidMessage(..))),
+        "{right:?}"
+    );
+}
