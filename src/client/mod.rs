@@ -12,14 +12,17 @@
 //!   one link's connections: the peer read afresh for each, a capped,
 //!   jittered back-off between them ([`crate::backoff`]);
 //! - [`links`]: many links in one process, the links file followed live;
-//! - [`link`]: one link: connect to a random server of the peer's
-//!   manifest, STOMP handshake, then the [`link::Link`] loop that sends
-//!   deliveries while fewer than `buffer` are unconfirmed and acks what
-//!   RECEIPTs confirm. When a link ends its consumer channel is closed, so
-//!   RabbitMQ redelivers what was not acked.
+//! - [`session`]: one connection of a link: connect to a random server of
+//!   the peer's manifest, STOMP handshake, then the session loop that
+//!   sends deliveries while fewer than `buffer` are unconfirmed and acks
+//!   what RECEIPTs confirm. When a session ends its consumer channel is
+//!   closed, so RabbitMQ redelivers what was not acked.
+//!
+//! The words: a *link* is a (peer, queue) pair served for the life of the
+//! process, by [`serve_link`]; a *session* is one connection of it.
 
-mod link;
 mod links;
+mod session;
 
 pub use links::{parse_links, run_links};
 
@@ -163,8 +166,8 @@ async fn serve_link(shared: &Shared, id: &LinkId, shutdown: &mut Shutdown) -> Re
             queue_checked = queue_exists(&shared.broker, &id.queue).await?;
         }
         let started = Instant::now();
-        let link = link::run(
-            &link::Context {
+        let ended = session::run(
+            &session::Context {
                 s,
                 queue: &id.queue,
                 counters: &counters,
@@ -177,7 +180,7 @@ async fn serve_link(shared: &Shared, id: &LinkId, shutdown: &mut Shutdown) -> Re
             shutdown,
         )
         .await;
-        match link {
+        match ended {
             LinkEnd::Shutdown => return Ok(()),
             LinkEnd::Inactive => continue,
             LinkEnd::Fatal(e) => return Err(e),

@@ -1,5 +1,6 @@
-//! One link of the client: a TLS STOMP connection to one of the peer's
-//! servers, joined to a consumer of the queue.
+//! One session of a link (as `server::session` is one of a server
+//! connection): a TLS STOMP connection to one of the peer's servers,
+//! joined to a consumer of the queue, run until it ends.
 //!
 //! ```text
 //!  Consumer ──on_deliveries──> outgoing (smp_json::client_process) ──SEND──> Conn
@@ -52,15 +53,17 @@ pub(super) async fn run(
         return LinkEnd::Shutdown;
     }
     let timing = cx.s.internal.timing();
-    let (link, beats) = match Link::start(cx, &timing).await {
+    let (session, beats) = match Session::start(cx, &timing).await {
         Ok(started) => started,
         Err(end) => return end,
     };
-    link.run(Liveness::new(beats, &timing), nodedata, shutdown).await
+    session
+        .run(Liveness::new(beats, &timing), nodedata, shutdown)
+        .await
 }
 
-/// A link in progress.
-struct Link<'a> {
+/// A session in progress.
+struct Session<'a> {
     s: &'a ClientSettings,
     queue: &'a str,
     node: &'a NodeData,
@@ -72,22 +75,31 @@ struct Link<'a> {
     inflight: VecDeque<(u64, Instant)>,
     /// The link's series.
     counters: &'a LinkCounters,
-    /// Up while the link lives: readiness, and `swpt_client_link_up`.
-    _up: (UpGuard, Raised),
-    /// Messages sent and receipted on this connection, and since when:
-    /// said when it ends.
-    figures: (u64, u64, Instant),
+    /// Up while the session lives: readiness...
+    _ready: UpGuard,
+    /// ...and `swpt_client_link_up`.
+    _link_up: Raised,
+    /// What this connection carried: said when it ends.
+    figures: Figures,
     acks: Batch<u64>,
     /// When a DISCONNECT was sent: the deadline for its RECEIPT.
     disconnecting: Option<Instant>,
-    /// Whether the link is ending because the peer is no longer active
+    /// Whether the session is ending because the peer is no longer active
     /// (otherwise, on shutdown).
     inactive: bool,
 }
 
-impl<'a> Link<'a> {
+/// Messages sent and receipted on one connection, and since when.
+#[derive(Clone, Copy)]
+struct Figures {
+    sent: u64,
+    receipted: u64,
+    since: Instant,
+}
+
+impl<'a> Session<'a> {
     /// Connects, says STOMP, and starts consuming.
-    async fn start(cx: &Context<'a>, timing: &Timing) -> Result<(Link<'a>, HeartBeats), LinkEnd> {
+    async fn start(cx: &Context<'a>, timing: &Timing) -> Result<(Session<'a>, HeartBeats), LinkEnd> {
         let (s, peer) = (cx.s, cx.peer);
         let mut conn = open(peer, cx.connector, timing.connect_timeout)
             .await
@@ -98,7 +110,7 @@ impl<'a> Link<'a> {
             Err(e @ BridgeError::NoQueue(_)) => return Err(LinkEnd::Fatal(no_queue(e))),
             Err(e) => return Err(LinkEnd::Retry(e.to_string())),
         };
-        let link = Link {
+        let session = Session {
             s,
             queue: cx.queue,
             node: cx.node,
@@ -107,16 +119,21 @@ impl<'a> Link<'a> {
             consumer,
             inflight: VecDeque::new(),
             counters: cx.counters,
-            _up: (s.up.up(), Raised::new(cx.counters.up.clone())),
-            figures: (0, 0, Instant::now()),
+            _ready: s.up.up(),
+            _link_up: Raised::new(cx.counters.up.clone()),
+            figures: Figures {
+                sent: 0,
+                receipted: 0,
+                since: Instant::now(),
+            },
             acks: Batch::new(s.buffer),
             disconnecting: None,
             inactive: false,
         };
-        Ok((link, beats))
+        Ok((session, beats))
     }
 
-    /// Runs the link until it ends, then closes it: what the server
+    /// Runs the session until it ends, then closes it: what the server
     /// receipted is acked before the channel closes.
     async fn run(
         mut self,
@@ -157,7 +174,11 @@ impl<'a> Link<'a> {
             }
         };
         self.flush_acks();
-        let (sent, receipted, since) = self.figures;
+        let Figures {
+            sent,
+            receipted,
+            since,
+        } = self.figures;
         tracing::info!(
             sent,
             receipted,
@@ -173,7 +194,7 @@ impl<'a> Link<'a> {
         end
     }
 
-    /// Ends the link (on shutdown, or for an `inactive` peer): done when
+    /// Ends the session (on shutdown, or for an `inactive` peer): done when
     /// nothing is in flight; otherwise DISCONNECT and wait for its RECEIPT.
     async fn disconnect(&mut self, inactive: bool) -> Result<(), LinkEnd> {
         self.inactive = inactive;
@@ -188,7 +209,7 @@ impl<'a> Link<'a> {
         Ok(())
     }
 
-    /// How a link that disconnected ends.
+    /// How a session that disconnected ends.
     fn finished(&self) -> LinkEnd {
         if self.inactive {
             LinkEnd::Inactive
@@ -209,7 +230,7 @@ impl<'a> Link<'a> {
                         return Err(self.after_write_failure(format!("sending failed: {e}")).await);
                     }
                     self.inflight.push_back((m.delivery_tag, Instant::now()));
-                    self.figures.0 += 1;
+                    self.figures.sent += 1;
                     self.counters.sent.inc();
                 }
                 Err(e) => {
@@ -245,13 +266,13 @@ impl<'a> Link<'a> {
 
     /// A frame from the server after CONNECTED: a RECEIPT confirms (and,
     /// in batches, acks) everything sent up to it; anything else ends the
-    /// link.
+    /// session.
     fn on_frame(&mut self, frame: ServerFrame) -> Result<(), LinkEnd> {
         match frame {
             ServerFrame::Receipt(id) => self.on_receipt(id),
             ServerFrame::Error { message, receipt_id } => {
                 // An ERROR about one of our messages (it names its receipt)
-                // would come back for that message on every link:
+                // would come back for that message on every session:
                 // dead-letter it, so the link goes on.
                 let refused = receipt_id.and_then(|r| r.parse::<u64>().ok());
                 if let Some(tag) = refused.filter(|t| self.inflight.iter().any(|(i, _)| i == t)) {
@@ -281,7 +302,7 @@ impl<'a> Link<'a> {
             count += 1;
         }
         self.acks.add(tag, count);
-        self.figures.1 += count as u64;
+        self.figures.receipted += count as u64;
         if self.acks.full() || self.inflight.is_empty() {
             self.flush_acks();
         }
