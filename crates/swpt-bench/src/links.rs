@@ -15,7 +15,7 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
+use swpt_testkit::generate::Devnet;
 
 const ARRIVED: &str = "bench.links.arrived";
 
@@ -78,21 +78,8 @@ fn client(net: &Devnet, broker: &str, file: &Path) -> anyhow::Result<crate::Proc
 
 pub async fn run(broker: &str, links: usize, seconds: u64, every: u64, count: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("swpt-links-{}", std::process::id()));
-    let port = crate::free_port();
-    let net = write_devnet(
-        &dir,
-        &DevnetOptions {
-            aa_port: port,
-            ca_port: crate::free_port(),
-            da_port: crate::free_port(),
-            ..Default::default()
-        },
-    )?;
-    let conn = crate::lapin_client::connect(broker).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    crate::declare_sink(&ch, "accounts_in", ARRIVED).await?;
-    ch.queue_purge(ARRIVED, QueuePurgeOptions::default()).await?;
+    let (net, port) = crate::devnet_on_free_ports(&dir, 0)?;
+    let (conn, ch) = crate::sink_channel(broker, ARRIVED).await?;
     let _server = spawn(
         "swpt-server",
         &[],

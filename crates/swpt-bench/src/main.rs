@@ -289,6 +289,34 @@ fn free_port() -> u16 {
         .unwrap_or(41234)
 }
 
+/// A test network written into `dir`, its servers on free ports, with
+/// `extra_ca_peers` more creditors agents of the AA; and the AA's port.
+fn devnet_on_free_ports(dir: &Path, extra_ca_peers: usize) -> anyhow::Result<(Devnet, u16)> {
+    let port = free_port();
+    let net = write_devnet(
+        dir,
+        &DevnetOptions {
+            aa_port: port,
+            ca_port: free_port(),
+            da_port: free_port(),
+            extra_ca_peers,
+            ..Default::default()
+        },
+    )?;
+    Ok((net, port))
+}
+
+/// A connection and a confirming channel, with `queue` bound to the AA's
+/// `accounts_in` and empty: where what the gateway publishes is counted.
+async fn sink_channel(broker: &str, queue: &str) -> anyhow::Result<(lapin::Connection, Channel)> {
+    let conn = lapin_client::connect(broker).await?;
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    declare_sink(&ch, "accounts_in", queue).await?;
+    ch.queue_purge(queue, QueuePurgeOptions::default()).await?;
+    Ok((conn, ch))
+}
+
 /// A PrepareTransfer as the CA's services write it.
 pub fn prepare_transfer(i: u64) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -454,16 +482,7 @@ async fn gateway(
     metrics: bool,
 ) -> anyhow::Result<Gateway> {
     let _ = std::fs::remove_dir_all(&dir);
-    let port = free_port();
-    let net = write_devnet(
-        &dir,
-        &DevnetOptions {
-            aa_port: port,
-            ca_port: free_port(),
-            da_port: free_port(),
-            ..Default::default()
-        },
-    )?;
+    let (net, port) = devnet_on_free_ports(&dir, 0)?;
     declare_sink(ch, "accounts_in", ARRIVED).await?;
     let out = Command::new(bin("configure-queue")?)
         .args(["1234abcd", CA_QUEUE])

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stomp_codec::{Frame, StompCodec, StompItem};
-use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
+use swpt_testkit::generate::Devnet;
 use tokio_util::codec::Framed;
 
 /// Counters shared by the peers.
@@ -21,16 +21,8 @@ pub(crate) struct Counters {
 
 pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("swpt-scale-{}", std::process::id()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     eprintln!("generating an AA with {peers} creditors-agent peers");
-    let net = write_devnet(
-        &dir,
-        &DevnetOptions {
-            aa_port: port,
-            extra_ca_peers: peers,
-            ..Default::default()
-        },
-    )?;
+    let (net, port) = crate::devnet_on_free_ports(&dir, peers)?;
     let conn = crate::lapin_client::connect(broker).await?;
     let ch = conn.create_channel().await?;
     crate::declare_sink(&ch, "accounts_in", "bench.scale").await?;

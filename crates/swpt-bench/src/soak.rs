@@ -18,7 +18,6 @@ use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use swpt_testkit::generate::{write_devnet, DevnetOptions};
 
 const ARRIVED: &str = "bench.soak.arrived";
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -94,23 +93,9 @@ fn report(name: &str, samples: &[Sample]) -> f64 {
 
 pub async fn run(broker: &str, peers: usize, minutes: u64, every: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("swpt-soak-{}", std::process::id()));
-    let port = crate::free_port();
     eprintln!("generating an AA with {peers} creditors-agent peers");
-    let net = write_devnet(
-        &dir,
-        &DevnetOptions {
-            aa_port: port,
-            ca_port: crate::free_port(),
-            da_port: crate::free_port(),
-            extra_ca_peers: peers,
-            ..Default::default()
-        },
-    )?;
-    let conn = crate::lapin_client::connect(broker).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(Default::default()).await?;
-    crate::declare_sink(&ch, "accounts_in", ARRIVED).await?;
-    ch.queue_purge(ARRIVED, Default::default()).await?;
+    let (net, port) = crate::devnet_on_free_ports(&dir, peers)?;
+    let (conn, ch) = crate::sink_channel(broker, ARRIVED).await?;
     let file = net.ca_dir.join("links");
     crate::links::queues(&ch, peers, &file).await?;
     let (server_http, client_http) = (crate::free_port(), crate::free_port());
