@@ -39,10 +39,30 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// What every program does first: logging as asked, the CPU pinning
     /// of APP_CPU_AFFINITY, then the internal settings (APP_*).
-    pub fn start(&self) -> anyhow::Result<Internal> {
+    pub fn start(self) -> anyhow::Result<NodeSettings> {
         crate::logging::init(&self.log_level, &self.log_format);
         crate::affinity::apply_from_env()?;
-        Internal::from_env()
+        Ok(NodeSettings {
+            nodedata_url: self.nodedata_url,
+            broker_url: self.broker_url,
+            internal: Internal::from_env()?,
+        })
+    }
+}
+
+/// What every program that works for a node starts from: where its node
+/// database is, its broker, and the internal settings. The server's, the
+/// client's and the drainer's settings hold it as `node`.
+pub struct NodeSettings {
+    pub nodedata_url: String,
+    pub broker_url: String,
+    pub internal: Internal,
+}
+
+impl NodeSettings {
+    /// The node's broker, as the internal settings say to reach it.
+    pub fn broker(&self) -> amqp_bridge::BrokerSettings {
+        self.internal.broker(&self.broker_url)
     }
 }
 

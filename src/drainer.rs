@@ -20,7 +20,7 @@
 //! the node database) until it is.
 
 use crate::backoff::Backoff;
-use crate::config::Internal;
+use crate::config::NodeSettings;
 use crate::http::{UpCount, UpGuard};
 use crate::metrics::InFlight;
 use crate::publish::out_message;
@@ -37,13 +37,11 @@ use tokio::sync::watch;
 
 /// What the drainer needs to run.
 pub struct DrainerSettings {
-    pub nodedata_url: String,
-    pub broker_url: String,
+    pub node: NodeSettings,
     pub peer_id: String,
     pub queue: String,
     pub client_buffer: usize,
     pub server_buffer: usize,
-    pub internal: Internal,
     /// Up while consuming (for `/readyz`).
     pub up: UpCount,
 }
@@ -52,7 +50,7 @@ pub struct DrainerSettings {
 /// broker failure ends one session: what it had not acked goes back to the
 /// queue, and a new session starts after a back-off.
 pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let db = NodeDatabase::open(&s.nodedata_url).map_err(crate::exit::config)?;
+    let db = NodeDatabase::open(&s.node.nodedata_url).map_err(crate::exit::config)?;
     let node = db.node_data().await.map_err(crate::exit::config)?;
     let peer = db
         .peer_data(&s.peer_id)
@@ -74,14 +72,14 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
         }
         _ => peer,
     };
-    let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
+    let broker = SharedConnection::new(s.node.broker());
     tracing::info!("draining \"{}\" for deactivated peer {}", s.queue, s.peer_id);
     let mut backoff = Backoff::new();
     let mut first = true;
     let result = loop {
         let started = Instant::now();
         let drained = match Drain::start(&s, &node, &peer, &broker).await {
-            Ok(drain) => drain.run(&mut shutdown, s.internal.drain_wait()).await,
+            Ok(drain) => drain.run(&mut shutdown, s.node.internal.drain_wait()).await,
             Err(e) => Err(e),
         };
         match drained {
@@ -108,7 +106,8 @@ pub async fn run(s: DrainerSettings, mut shutdown: Shutdown) -> anyhow::Result<(
 /// Starts following the node database (SIGHUP polls at once), with the
 /// certificate-expiry metrics when they are on.
 async fn watch_nodedata(root: &Path, s: &DrainerSettings) -> anyhow::Result<watch::Receiver<Arc<Snapshot>>> {
-    let (nodedata, reload) = Watcher::start(root.to_path_buf(), vec![], s.internal.nodedata_poll()).await?;
+    let (nodedata, reload) =
+        Watcher::start(root.to_path_buf(), vec![], s.node.internal.nodedata_poll()).await?;
     crate::shutdown::reload_on_sighup(reload);
     crate::metrics::watch_certificates(nodedata.clone(), None);
     Ok(nodedata)
@@ -161,7 +160,7 @@ impl<'a> Drain<'a> {
         broker: &SharedConnection,
     ) -> Result<Drain<'a>, BridgeError> {
         let consumer = Consumer::new(broker, &s.queue, s.client_buffer).await?;
-        let publisher = match broker.publisher(s.internal.rmq_confirmation_timeout()).await {
+        let publisher = match broker.publisher(s.node.internal.rmq_confirmation_timeout()).await {
             Ok(p) => p,
             Err(e) => {
                 consumer.close().await;

@@ -68,8 +68,8 @@ fn read_links(file: &Path) -> anyhow::Result<BTreeSet<LinkId>> {
 pub async fn run_links(s: ClientSettings, file: PathBuf, mut shutdown: Shutdown) -> Result<(), FatalError> {
     let wanted = read_links(&file).map_err(super::config_error)?;
     let nodedata = start(&s, vec![file.clone()]).await?;
-    let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
-    let drain_wait = s.internal.drain_wait();
+    let broker = SharedConnection::new(s.node.broker());
+    let drain_wait = s.node.internal.drain_wait();
     let shared = Arc::new(Shared { s, nodedata, broker });
     let mut files_generation = shared.nodedata.borrow().files_generation;
     // The running links, each with the switch that ends it.

@@ -27,7 +27,7 @@ mod session;
 pub use links::{parse_links, run_links};
 
 use crate::backoff::Backoff;
-use crate::config::Internal;
+use crate::config::{CertArgs, NodeSettings};
 use crate::http::UpCount;
 use crate::shutdown::Shutdown;
 use crate::tls::client_config;
@@ -41,13 +41,10 @@ use tokio_rustls::TlsConnector;
 
 /// What every link of a client process shares.
 pub struct ClientSettings {
-    pub nodedata_url: String,
-    pub broker_url: String,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
+    pub node: NodeSettings,
+    pub cert: CertArgs,
     /// Messages each link holds unconfirmed at most.
     pub buffer: usize,
-    pub internal: Internal,
     /// Counts the links up (for `/readyz`).
     pub up: UpCount,
 }
@@ -119,7 +116,7 @@ pub async fn run(s: ClientSettings, link: LinkId, mut shutdown: Shutdown) -> Res
     if nodedata.borrow().peer(&link.peer).is_none() {
         return Err(FatalError::UnknownPeer(link.peer));
     }
-    let broker = SharedConnection::new(s.internal.broker(&s.broker_url));
+    let broker = SharedConnection::new(s.node.broker());
     let shared = Shared { s, nodedata, broker };
     let result = serve_link(&shared, &link, &mut shutdown).await;
     shared.broker.close().await;
@@ -201,14 +198,14 @@ async fn start(
     s: &ClientSettings,
     files: Vec<PathBuf>,
 ) -> Result<watch::Receiver<Arc<Snapshot>>, FatalError> {
-    let db = NodeDatabase::open(&s.nodedata_url).map_err(config_error)?;
-    let (nodedata, reload) = Watcher::start(db.root().to_path_buf(), files, s.internal.nodedata_poll())
+    let db = NodeDatabase::open(&s.node.nodedata_url).map_err(config_error)?;
+    let (nodedata, reload) = Watcher::start(db.root().to_path_buf(), files, s.node.internal.nodedata_poll())
         .await
         .map_err(config_error)?;
     crate::shutdown::reload_on_sighup(reload);
-    crate::metrics::watch_certificates(nodedata.clone(), Some(s.server_cert.clone()));
-    crate::tls::load_certs(&s.server_cert).map_err(config_error)?;
-    crate::tls::load_key(&s.server_key).map_err(config_error)?;
+    crate::metrics::watch_certificates(nodedata.clone(), Some(s.cert.server_cert.clone()));
+    crate::tls::load_certs(&s.cert.server_cert).map_err(config_error)?;
+    crate::tls::load_key(&s.cert.server_key).map_err(config_error)?;
     Ok(nodedata)
 }
 
@@ -261,8 +258,8 @@ async fn active_peer(
 /// replaced certificate is used from the next link) and the sub-CA the
 /// peer issued for us; we trust the peer's root.
 fn connector_for(s: &ClientSettings, peer: &PeerData) -> anyhow::Result<TlsConnector> {
-    let own = crate::tls::load_certs(&s.server_cert)?;
-    let key = crate::tls::load_key(&s.server_key)?;
+    let own = crate::tls::load_certs(&s.cert.server_cert)?;
+    let key = crate::tls::load_key(&s.cert.server_key)?;
     let certs = vec![own[0].clone(), peer.sub_cert.clone()];
     let config = client_config(certs, key, &peer.node_id, &peer.root_cert)?;
     Ok(TlsConnector::from(Arc::new(config)))

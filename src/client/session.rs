@@ -3,7 +3,7 @@
 //! joined to a consumer of the queue, run until it ends.
 //!
 //! ```text
-//!  Consumer ──on_deliveries──> outgoing (smp_json::client_process) ──SEND──> Conn
+//!  Consumer ──on_deliveries──> outgoing (smp_json::client_process) ──SEND──> ClientStream
 //!     ^  │ invalid: dead_letter → QUEUE.XQ                                    │
 //!     │  v                                                                   v
 //!     └── acks: Batch <── on_receipt (cumulative) <── ServerFrame <── on_item
@@ -13,6 +13,7 @@ use super::{no_queue, ClientSettings, LinkEnd};
 use crate::http::UpGuard;
 use crate::metrics::{LinkCounters, Raised};
 use crate::session::frames::{self, disconnect_frame, send_frame, stomp_frame, ServerFrame};
+use crate::session::PeerStream;
 use crate::session::{until, Batch, Due, HeartBeats, Liveness, Timing};
 use crate::shutdown::Shutdown;
 use amqp_bridge::{BridgeError, Consumer, InMessage, SharedConnection};
@@ -22,14 +23,14 @@ use rand::Rng;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use stomp_codec::{CodecError, Frame, StompCodec, StompItem};
+use stomp_codec::{CodecError, Frame, StompItem};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
-use tokio_util::codec::Framed;
 
-type Conn = Framed<tokio_rustls::client::TlsStream<TcpStream>, StompCodec>;
+/// The peer's STOMP frames, as the client reads and writes them.
+type ClientStream = PeerStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// What one connection of a link works with.
 pub(super) struct Context<'a> {
@@ -52,7 +53,7 @@ pub(super) async fn run(
     if shutdown.is_requested() {
         return LinkEnd::Shutdown;
     }
-    let timing = cx.s.internal.timing();
+    let timing = cx.s.node.internal.timing();
     let (session, beats) = match Session::start(cx, &timing).await {
         Ok(started) => started,
         Err(end) => return end,
@@ -68,7 +69,7 @@ struct Session<'a> {
     queue: &'a str,
     node: &'a NodeData,
     peer: &'a PeerData,
-    conn: Conn,
+    conn: ClientStream,
     consumer: Consumer,
     /// Delivery tags sent and not yet receipted, in order, with when
     /// they were sent (for the receipt histogram).
@@ -205,7 +206,7 @@ impl<'a> Session<'a> {
             return Err(self.finished());
         }
         // The RECEIPT is waited for within the grace period of the stop.
-        self.disconnecting = Some(Instant::now() + self.s.internal.drain_wait());
+        self.disconnecting = Some(Instant::now() + self.s.node.internal.drain_wait());
         Ok(())
     }
 
@@ -367,7 +368,7 @@ fn outgoing(node: &NodeData, peer: &PeerData, m: &InMessage) -> Result<Frame, sm
 }
 
 /// Connects to a random server of the peer's manifest, over TLS.
-async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> Result<Conn, String> {
+async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> Result<ClientStream, String> {
     let servers = &peer.servers_manifest.servers;
     let server = &servers[rand::thread_rng().gen_range(0..servers.len())];
     let addr = format!("{}:{}", server.host, server.port);
@@ -387,7 +388,7 @@ async fn open(peer: &PeerData, connector: &TlsConnector, timeout: Duration) -> R
 }
 
 /// Sends STOMP and waits for CONNECTED; returns the negotiated heart-beats.
-async fn handshake(conn: &mut Conn, peer: &PeerData, timing: &Timing) -> Result<HeartBeats, String> {
+async fn handshake(conn: &mut ClientStream, peer: &PeerData, timing: &Timing) -> Result<HeartBeats, String> {
     conn.send(stomp_frame(&peer.servers_manifest, timing.offer()))
         .await
         .map_err(|e| format!("sending STOMP failed: {e}"))?;

@@ -3,7 +3,7 @@
 
 use crate::client::{self, ClientSettings, LinkId};
 use crate::config::{CertArgs, CommonArgs};
-use crate::exit::{config, run_main};
+use crate::exit::run_main;
 use crate::http::{HttpArgs, UpCount};
 use crate::shutdown::Shutdown;
 use clap::Parser;
@@ -46,16 +46,12 @@ struct Cli {
 pub fn main(args: Vec<OsString>) -> ! {
     let cli = Cli::parse_from(args);
     run_main(async {
-        let internal = cli.common.start().map_err(config)?;
-        let http = cli.http.bind().await.map_err(config)?;
+        let (node, http) = super::open(cli.common, &cli.http).await?;
         let up = UpCount::default();
         let settings = ClientSettings {
-            nodedata_url: cli.common.nodedata_url,
-            broker_url: cli.common.broker_url,
-            server_cert: cli.cert.server_cert,
-            server_key: cli.cert.server_key,
+            node,
+            cert: cli.cert,
             buffer: cli.client_buffer.max(1),
-            internal,
             up: up.clone(),
         };
         let shutdown = Shutdown::on_signals();

@@ -30,8 +30,8 @@ pub fn main(args: Vec<OsString>) -> ! {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let internal = cli.common.start().map_err(config)?;
-    let db = NodeDatabase::open(&cli.common.nodedata_url).map_err(config)?;
+    let settings = cli.common.start().map_err(config)?;
+    let db = NodeDatabase::open(&settings.nodedata_url).map_err(config)?;
     let node = db.node_data().await.map_err(config)?;
     let peer = db
         .peer_data(&cli.queue.peer_node_id)
@@ -42,7 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let mut topology = topology_for(&node, &peer, &cli.queue.queue_name)?;
     topology.quorum = cli.queue_type == "quorum";
-    let broker = SharedConnection::new(internal.broker(&cli.common.broker_url));
+    let broker = SharedConnection::new(settings.broker());
     let declared = declare(&broker, &topology).await;
     broker.close().await;
     declared?;

@@ -2,7 +2,7 @@
 
 use crate::config::{CommonArgs, PeerQueueArgs};
 use crate::drainer::{self, DrainerSettings};
-use crate::exit::{config, run_main};
+use crate::exit::run_main;
 use crate::http::{HttpArgs, UpCount};
 use crate::shutdown::Shutdown;
 use clap::Parser;
@@ -32,17 +32,14 @@ struct Cli {
 pub fn main(args: Vec<OsString>) -> ! {
     let cli = Cli::parse_from(args);
     run_main(async {
-        let internal = cli.common.start().map_err(config)?;
-        let http = cli.http.bind().await.map_err(config)?;
+        let (node, http) = super::open(cli.common, &cli.http).await?;
         let up = UpCount::default();
         let settings = DrainerSettings {
-            nodedata_url: cli.common.nodedata_url,
-            broker_url: cli.common.broker_url,
+            node,
             peer_id: cli.drain.peer_node_id,
             queue: cli.drain.queue_name,
             client_buffer: cli.client_buffer,
             server_buffer: cli.server_buffer,
-            internal,
             up: up.clone(),
         };
         let shutdown = Shutdown::on_signals();

@@ -62,6 +62,17 @@ pub fn dispatch(mut args: Vec<OsString>) -> ! {
     std::process::exit(crate::exit::CONFIG_EXIT)
 }
 
+/// What the programs that serve a node open with: logging as asked, the
+/// node's settings, and the HTTP listener when one is asked for.
+async fn open(
+    common: crate::config::CommonArgs,
+    http: &crate::http::HttpArgs,
+) -> anyhow::Result<(crate::config::NodeSettings, Option<tokio::net::TcpListener>)> {
+    let node = common.start().map_err(crate::exit::config)?;
+    let http = http.bind().await.map_err(crate::exit::config)?;
+    Ok((node, http))
+}
+
 fn usage(names: &[&str]) -> String {
     format!(
         "Usage: swpt-gateway PROGRAM [ARGS...], or a link to it named as the program\nPrograms: {}",

@@ -31,16 +31,12 @@ struct Cli {
 pub fn main(args: Vec<OsString>) -> ! {
     let cli = Cli::parse_from(args);
     run_main(async {
-        let internal = cli.common.start().map_err(config)?;
-        let http = cli.http.bind().await.map_err(config)?;
-        let backlog = internal.app_stomp_server_backlog;
+        let (node, http) = super::open(cli.common, &cli.http).await?;
+        let backlog = node.internal.app_stomp_server_backlog;
         let settings = ServerSettings {
-            nodedata_url: cli.common.nodedata_url,
-            broker_url: cli.common.broker_url,
-            server_cert: cli.cert.server_cert,
-            server_key: cli.cert.server_key,
+            node,
+            cert: cli.cert,
             buffer: cli.server_buffer,
-            internal,
         };
         let ctx = ServerContext::new(settings).await.map_err(config)?;
         crate::shutdown::reload_on_sighup(ctx.reload.clone());

@@ -7,20 +7,20 @@ use super::session::{End, Session};
 use super::ServerContext;
 use crate::metrics;
 use crate::session::frames::{self, error_frame};
+use crate::session::PeerStream;
 use crate::shutdown::Shutdown;
 use crate::tls::peer_node_id;
 use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use stomp_codec::{Frame, StompCodec, StompItem};
+use stomp_codec::{Frame, StompItem};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tokio_util::codec::Framed;
 use tracing::Instrument;
 
-/// A peer's connection, framed.
-pub(super) type Conn = Framed<TlsStream<TcpStream>, StompCodec>;
+/// A peer's STOMP frames, as the server reads and writes them.
+pub(super) type ServerStream = PeerStream<TlsStream<TcpStream>>;
 
 /// Runs one connection to its end.
 pub(super) async fn handle(ctx: Arc<ServerContext>, stream: TcpStream, addr: SocketAddr, shutdown: Shutdown) {
@@ -85,13 +85,13 @@ async fn accept(ctx: &ServerContext, stream: TcpStream, addr: SocketAddr) -> Opt
 }
 
 /// Refuses a connection after its handshake (counted by `reason`).
-async fn refuse(conn: &mut Conn, reason: &'static str, text: &str) {
+async fn refuse(conn: &mut ServerStream, reason: &'static str, text: &str) {
     metrics::connection_refused(reason);
     close_with_error(conn, error_frame(text)).await
 }
 
 /// Sends an ERROR and closes.
-async fn close_with_error(conn: &mut Conn, frame: Frame) {
+async fn close_with_error(conn: &mut ServerStream, frame: Frame) {
     tracing::warn!(
         message = frame.get("message").unwrap_or(""),
         "protocol error; closing the connection"

@@ -22,7 +22,7 @@
 mod handler;
 mod session;
 
-use crate::config::Internal;
+use crate::config::{CertArgs, Internal, NodeSettings};
 use crate::session::Timing;
 use crate::shutdown::Shutdown;
 use crate::tls::{server_config, PeerRoots};
@@ -60,13 +60,10 @@ pub struct ServerContext {
 /// What a server process is started with (as [`crate::client::ClientSettings`]
 /// for a client).
 pub struct ServerSettings {
-    pub nodedata_url: String,
-    pub broker_url: String,
-    pub server_cert: PathBuf,
-    pub server_key: PathBuf,
+    pub node: NodeSettings,
+    pub cert: CertArgs,
     /// SENDs each connection holds unconfirmed at most.
     pub buffer: usize,
-    pub internal: Internal,
 }
 
 impl ServerContext {
@@ -92,17 +89,15 @@ impl ServerContext {
     /// and key and every peer's root, and prepares the TLS acceptor and the
     /// broker connection (opened lazily).
     pub async fn new(settings: ServerSettings) -> anyhow::Result<Arc<ServerContext>> {
-        let ServerSettings {
+        let ServerSettings { node, cert, buffer } = settings;
+        let broker = SharedConnection::new(node.broker());
+        let NodeSettings {
             nodedata_url,
-            broker_url,
-            server_cert: cert,
-            server_key: key,
-            buffer,
             internal,
-        } = settings;
-        let (nodedata_url, broker_url) = (nodedata_url.as_str(), broker_url.as_str());
-        let (cert, key) = (cert.as_path(), key.as_path());
-        let root = NodeDatabase::open(nodedata_url)?.root().to_path_buf();
+            ..
+        } = node;
+        let (cert, key) = (cert.server_cert.as_path(), cert.server_key.as_path());
+        let root = NodeDatabase::open(&nodedata_url)?.root().to_path_buf();
         let files = vec![cert.to_path_buf(), key.to_path_buf()];
         let (nodedata, reload) = Watcher::start(root, files, internal.nodedata_poll()).await?;
         crate::metrics::watch_certificates(nodedata.clone(), Some(cert.to_path_buf()));
@@ -112,7 +107,6 @@ impl ServerContext {
         roots.update(&snapshot);
         tracing::info!("loaded the roots of {} peers", snapshot.peers.len());
         let acceptor = acceptor(cert, key, &snapshot.node, &roots)?;
-        let broker = SharedConnection::new(internal.broker(broker_url));
         let ctx = Arc::new(ServerContext {
             acceptor: RwLock::new(acceptor),
             publisher: Arc::new(SharedPublisher::new(

@@ -2,7 +2,7 @@
 //! confirming publisher.
 //!
 //! ```text
-//!  Conn ──ClientFrame──> on_frame ──SEND──> on_send: smp_json::server_process ──> Publisher
+//!  ServerStream ──ClientFrame──> on_frame ──SEND──> on_send: smp_json::server_process ──> Publisher
 //!   ^                                                                                │
 //!   └── RECEIPT <── receipts: Batch <── on_confirmed <── confirms (publish order) <──┘
 //! ```
@@ -18,7 +18,7 @@
 //! them, and only then ends with its ERROR, so the client resends nothing
 //! that was published.
 
-use super::handler::{codec_error_text, Conn};
+use super::handler::{codec_error_text, ServerStream};
 use super::ServerContext;
 use crate::metrics::{self, InFlight, PeerTypes, SendCount};
 use crate::publish::out_message;
@@ -106,14 +106,14 @@ impl<'a> Session<'a> {
 
     /// Runs the session until it ends; the caller then sends the ERROR (if
     /// any) and closes the connection.
-    pub(super) async fn run(mut self, conn: &mut Conn) -> End {
+    pub(super) async fn run(mut self, conn: &mut ServerStream) -> End {
         match self.drive(conn).await {
             Ok(never) => match never {},
             Err(end) => end,
         }
     }
 
-    async fn drive(&mut self, conn: &mut Conn) -> Result<Infallible, End> {
+    async fn drive(&mut self, conn: &mut ServerStream) -> Result<Infallible, End> {
         let mut liveness = Liveness::new(self.connect(conn).await?, &self.ctx.timing);
         loop {
             let reading = self.reading();
@@ -149,7 +149,7 @@ impl<'a> Session<'a> {
     /// Handles the frames the connection has at hand without waiting for
     /// the socket (a client writes its SENDs in bursts): one turn of the
     /// loop for the burst, not one per frame.
-    async fn read_ready(&mut self, conn: &mut Conn) -> Result<(), End> {
+    async fn read_ready(&mut self, conn: &mut ServerStream) -> Result<(), End> {
         while self.reading() {
             match conn.next().now_or_never() {
                 Some(item) => self.on_item(item, conn).await?,
@@ -161,7 +161,7 @@ impl<'a> Session<'a> {
 
     /// Waits for CONNECT and answers CONNECTED; returns the negotiated
     /// heart-beats.
-    async fn connect(&mut self, conn: &mut Conn) -> Result<HeartBeats, End> {
+    async fn connect(&mut self, conn: &mut ServerStream) -> Result<HeartBeats, End> {
         let timing = self.ctx.timing;
         let deadline = tokio::time::Instant::now() + timing.connect_timeout;
         loop {
@@ -189,7 +189,7 @@ impl<'a> Session<'a> {
     /// Ends the session with the ERROR `message`: stop reading; end once
     /// the publishes in flight are confirmed (and receipted), or at the
     /// drain deadline.
-    async fn end_with(&mut self, message: &'static str, conn: &mut Conn) -> Result<(), End> {
+    async fn end_with(&mut self, message: &'static str, conn: &mut ServerStream) -> Result<(), End> {
         self.draining = Some((Instant::now() + self.ctx.internal.drain_wait(), message));
         if self.confirms.is_empty() {
             return Err(self.stop(conn).await);
@@ -203,7 +203,7 @@ impl<'a> Session<'a> {
 
     /// Ends a draining session: what is confirmed is receipted; nothing
     /// else is.
-    async fn stop(&mut self, conn: &mut Conn) -> End {
+    async fn stop(&mut self, conn: &mut ServerStream) -> End {
         if let Err(end) = self.send_receipts(conn).await {
             return end;
         }
@@ -218,7 +218,7 @@ impl<'a> Session<'a> {
     async fn on_confirmed(
         &mut self,
         first: Result<(String, usize), BridgeError>,
-        conn: &mut Conn,
+        conn: &mut ServerStream,
     ) -> Result<(), End> {
         let mut next = Some(first);
         while let Some(confirmed) = next.take() {
@@ -257,7 +257,7 @@ impl<'a> Session<'a> {
     }
 
     /// Sends the RECEIPT for everything confirmed so far.
-    async fn send_receipts(&mut self, conn: &mut Conn) -> Result<(), End> {
+    async fn send_receipts(&mut self, conn: &mut ServerStream) -> Result<(), End> {
         match self.receipts.take() {
             Some(last) => conn.send(receipt_frame(&last)).await.map_err(|_| End::Closed),
             None => Ok(()),
@@ -268,7 +268,7 @@ impl<'a> Session<'a> {
     async fn on_item(
         &mut self,
         item: Option<Result<StompItem, CodecError>>,
-        conn: &mut Conn,
+        conn: &mut ServerStream,
     ) -> Result<(), End> {
         match item {
             None => Err(End::Closed),
@@ -293,7 +293,7 @@ impl<'a> Session<'a> {
     }
 
     /// One frame after CONNECT.
-    async fn on_frame(&mut self, frame: ClientFrame, conn: &mut Conn) -> Result<(), End> {
+    async fn on_frame(&mut self, frame: ClientFrame, conn: &mut ServerStream) -> Result<(), End> {
         if self.disconnect.is_some() {
             return Err(fail(frames::COMMAND_AFTER_DISCONNECT));
         }
@@ -306,7 +306,7 @@ impl<'a> Session<'a> {
     }
 
     /// DISCONNECT: close now, or once every earlier SEND is confirmed.
-    async fn on_disconnect(&mut self, receipt: Option<String>, conn: &mut Conn) -> Result<(), End> {
+    async fn on_disconnect(&mut self, receipt: Option<String>, conn: &mut ServerStream) -> Result<(), End> {
         match receipt {
             None => Err(End::Closed),
             Some(receipt) if self.confirms.is_empty() => {
@@ -381,7 +381,7 @@ impl<'a> Session<'a> {
 
     /// The node database changed: ends the session when our peer is no
     /// longer active (deactivated, or its `ACTIVE` file gone).
-    async fn check_peer(&mut self, conn: &mut Conn) -> Result<(), End> {
+    async fn check_peer(&mut self, conn: &mut ServerStream) -> Result<(), End> {
         let active = self
             .nodedata
             .borrow_and_update()
@@ -396,7 +396,7 @@ impl<'a> Session<'a> {
 }
 
 /// A heart-beat to send, or a silent peer.
-async fn on_due(due: Due, conn: &mut Conn) -> Result<(), End> {
+async fn on_due(due: Due, conn: &mut ServerStream) -> Result<(), End> {
     match due {
         Due::HeartBeat => conn.send(StompItem::HeartBeat).await.map_err(|_| End::Closed),
         Due::Silent(limit) => Err(fail(&frames::silence_text(limit))),

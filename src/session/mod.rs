@@ -32,10 +32,14 @@ const START_CAPACITY: usize = 1024;
 /// SENDs ends with a flush anyway.
 const WRITE_BATCH: usize = 16 * 1024;
 
+/// The STOMP frames to and from one peer over `T` (the server's or the
+/// client's TLS stream): what both session loops read and write.
+pub type PeerStream<T> = Framed<T, StompCodec>;
+
 /// A STOMP connection over `io`, on both sides. (`Framed::with_capacity`
 /// alone would also write at every [`START_CAPACITY`] bytes: a write per
 /// two SENDs.)
-pub fn framed<T: AsyncRead + AsyncWrite>(io: T) -> Framed<T, StompCodec> {
+pub fn framed<T: AsyncRead + AsyncWrite>(io: T) -> PeerStream<T> {
     let mut conn = Framed::with_capacity(io, StompCodec::default(), START_CAPACITY);
     conn.set_backpressure_boundary(WRITE_BATCH);
     conn
