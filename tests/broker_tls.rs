@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
@@ -60,9 +59,8 @@ async fn tls_endpoint(dir: &Path) -> (u16, PathBuf) {
 }
 
 fn configure(node: &Path, url: &str, ca_file: Option<&Path>) -> std::process::Output {
-    let mut cmd = Command::new(bin("configure-queue"));
+    let mut cmd = node_command("configure-queue", node, url);
     cmd.args(["1234abcd", "to_aa"]);
-    node_env(&mut cmd, node, url);
     if let Some(ca) = ca_file {
         cmd.env("APP_BROKER_CA_FILE", ca);
     }
@@ -88,9 +86,8 @@ async fn a_flow_through_a_tls_broker_endpoint() {
     );
     // A plain amqp:// to the TLS port does not get through either.
     let plain = format!("amqp://guest:guest@127.0.0.1:{port}/{}", vhost.name);
-    let mut cmd = Command::new(bin("configure-queue"));
+    let mut cmd = node_command("configure-queue", &net.ca_dir, &plain);
     cmd.args(["1234abcd", "to_aa"]);
-    node_env(&mut cmd, &net.ca_dir, &plain);
     let out = cmd
         .env("APP_RMQ_CONNECTION_TIMEOUT_SECONDS", "3")
         .output()

@@ -98,10 +98,13 @@ async fn faulty_server(aa_dir: &Path, port: u16, fault: Fault) -> Arc<AtomicUsiz
 /// `expected`, the client comes back (a second session), and the message
 /// is still in the queue once the client has stopped.
 async fn client_meets(fault: Fault, expected: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new(&format!("client-{fault:?}"));
-    let (_conn, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _conn,
+        ch,
+    } = Bed::new(&format!("client-{fault:?}")).await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     queue_for_aa(&ch, 1..2).await;
     let sessions = faulty_server(&net.aa_dir, peer_port(&net.ca_dir, "1234abcd"), fault).await;

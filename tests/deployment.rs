@@ -107,9 +107,8 @@ fn configuration_errors_exit_2_runtime_errors_1() {
     assert_eq!(out.status.code(), Some(2));
     let bad_key = tmp.path().join("bad.key");
     std::fs::write(&bad_key, "not a key").unwrap();
-    let mut client = Command::new(bin("swpt-client"));
+    let mut client = node_command("swpt-client", &net.ca_dir, broker);
     client.args(["1234abcd", "q"]);
-    node_env(&mut client, &net.ca_dir, broker);
     let out = client.env("SWPT_SERVER_KEY", &bad_key).output().unwrap();
     assert_eq!(
         out.status.code(),

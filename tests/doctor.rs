@@ -9,9 +9,8 @@ use std::process::{Command, Output};
 use swpt_testkit::generate::{write_peer, Authority, LeafOptions, NodeFiles, PeerLink, Validity};
 
 fn doctor(node: &Path, broker: &str, args: &[&str]) -> (Output, String) {
-    let mut cmd = Command::new(bin("swpt-doctor"));
+    let mut cmd = node_command("swpt-doctor", node, broker);
     cmd.args(args);
-    node_env(&mut cmd, node, broker);
     let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     (out, text)
@@ -187,10 +186,13 @@ fn an_unreadable_database_has_an_exit_status_of_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_checks_find_a_missing_queue_and_change_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("doctor");
-    let (_c, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _c,
+        ch,
+    } = Bed::new("doctor").await;
     sink_queue(&ch, "accounts_in", "received").await;
     let (out, text) = doctor(&net.aa_dir, &vhost.url, &["--broker"]);
     assert_eq!(out.status.code(), Some(1));

@@ -165,10 +165,13 @@ async fn aa_to_da_and_da_to_aa_shared_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_stream_nothing_is_lost() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("sigkill");
-    let (_c, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _c,
+        ch,
+    } = Bed::new("sigkill").await;
     const N: i64 = 5000;
     let (mut server, client, port) = stream_to_aa(&net, &vhost, &ch, N).await;
     // Let part of the stream through, then kill the server.

@@ -156,10 +156,13 @@ async fn stream(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sigterm_mid_stream_loses_and_duplicates_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("graceful-server");
-    let (_c, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _c,
+        ch,
+    } = Bed::new("graceful-server").await;
     let ((server, log), client, port) = stream(&net, &vhost, &ch).await;
     let mut received = Collector::new(&ch, "received").await;
     let mut counts = HashMap::new();
@@ -190,10 +193,13 @@ async fn server_sigterm_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_sigterm_mid_stream_loses_and_duplicates_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("graceful-client");
-    let (_c, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _c,
+        ch,
+    } = Bed::new("graceful-client").await;
     let (_server, client, _) = stream(&net, &vhost, &ch).await;
     let mut received = Collector::new(&ch, "received").await;
     let mut counts = HashMap::new();
@@ -220,10 +226,13 @@ fn reply_id(d: &lapin::message::Delivery) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drainer_sigterm_mid_stream_publishes_no_reply_twice() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("graceful-drainer");
-    let (_c, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _c,
+        ch,
+    } = Bed::new("graceful-drainer").await;
     sink_queue(&ch, "accounts_in", "replies").await;
     declare_peer_queue(&ch, "to_gone").await;
     for i in 0..N {

@@ -227,10 +227,13 @@ async fn a_replaced_server_certificate_is_used_for_new_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_waits_while_its_peer_is_deactivated() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("reload-client");
-    let (_c, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _c,
+        ch,
+    } = Bed::new("reload-client").await;
     sink_queue(&ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let port = peer_port(&net.ca_dir, "1234abcd");
@@ -281,10 +284,13 @@ async fn the_client_waits_while_its_peer_is_deactivated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drainer_waits_for_the_deactivation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("reload-drainer");
-    let (_c, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _c,
+        ch,
+    } = Bed::new("reload-drainer").await;
     declare_peer_queue(&ch, "to_ca").await;
     sink_queue(&ch, "accounts_in", "replies").await;
     let body = serde_json::to_vec(&account_update(0x0000010000000001, 0x1234abcd00000001)).unwrap();

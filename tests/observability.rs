@@ -46,10 +46,13 @@ fn run_probe(probe: &Path, port: u16) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_client_endpoints_follow_a_real_flow() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("observe");
-    let (_conn, ch) = channel(&vhost).await;
+    let Bed {
+        tmp,
+        net,
+        vhost,
+        conn: _conn,
+        ch,
+    } = Bed::new("observe").await;
     sink_queue(&ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let (server_http, client_http) = (free_port(), free_port());
@@ -260,10 +263,13 @@ fn deactivate(node: &Path, peer: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_exist_at_zero_and_go_with_the_peer() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("zero");
-    let (_conn, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _conn,
+        ch,
+    } = Bed::new("zero").await;
     sink_queue(&ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let (server_http, client_http) = (free_port(), free_port());
@@ -416,9 +422,12 @@ async fn a_busy_http_port_is_a_configuration_error() {
     let net = devnet(tmp.path());
     let busy = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = busy.local_addr().unwrap().port().to_string();
-    let mut cmd = std::process::Command::new(bin("swpt-client"));
+    let mut cmd = node_command(
+        "swpt-client",
+        &net.ca_dir,
+        "amqp://guest:guest@127.0.0.1:5672/none",
+    );
     cmd.args(["1234abcd", "to_aa", "--http-port", &port]);
-    node_env(&mut cmd, &net.ca_dir, "amqp://guest:guest@127.0.0.1:5672/none");
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");

@@ -176,10 +176,13 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
     let Some(prometheus) = tool(test, "SWPT_PROMETHEUS", "prometheus") else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("prometheus");
-    let (_conn, ch) = channel(&vhost).await;
+    let Bed {
+        tmp,
+        net,
+        vhost,
+        conn: _conn,
+        ch,
+    } = Bed::new("prometheus").await;
     sink_queue(&ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let (server_http, client_http, prom_port) = (free_port(), free_port(), free_port());

@@ -88,10 +88,13 @@ async fn error_for(net: &Devnet, port: u16, connect: bool, frames: Vec<Frame>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_session_error_and_receipt_order() {
-    let tmp = tempfile::tempdir().unwrap();
-    let net = devnet(tmp.path());
-    let vhost = Vhost::new("errors");
-    let (_conn, ch) = channel(&vhost).await;
+    let Bed {
+        tmp: _tmp,
+        net,
+        vhost,
+        conn: _conn,
+        ch,
+    } = Bed::new("errors").await;
     sink_queue(&ch, "accounts_in", "aa_received").await;
     let port = net_port(&net);
     let _server = aa_server(

@@ -5,13 +5,18 @@
 use futures::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Channel, Connection};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-use swpt_testkit::generate::{write_devnet, Devnet, DevnetOptions};
+#[allow(unused_imports)]
+pub use swpt_testkit::broker::{prepare_transfer, prepare_transfer_body, CA_OUT_KEY};
+use swpt_testkit::generate::{write_devnet_on_free_ports, Devnet};
+#[allow(unused_imports)]
+pub use swpt_testkit::process::Proc;
+use swpt_testkit::{broker, process};
 #[allow(unused_imports)]
 pub use swpt_testkit::{shared_data, Vhost};
 
@@ -21,81 +26,53 @@ pub async fn channel(vhost: &Vhost) -> (Connection, Channel) {
     channel_at(&vhost.url).await
 }
 
+/// What a test that runs the gateway opens with: a temporary directory
+/// holding a generated network (its servers on free ports), a vhost of the
+/// test's own, and a lapin connection and channel in it. Destructured
+/// whole (`let Bed { tmp, net, vhost, conn: _c, ch } = ...`), so that
+/// each part lives as long as the test.
+pub struct Bed {
+    pub tmp: tempfile::TempDir,
+    pub net: Devnet,
+    pub vhost: Vhost,
+    pub conn: Connection,
+    pub ch: Channel,
+}
+
+impl Bed {
+    /// Sets it up, the vhost named after `vhost`.
+    pub async fn new(vhost: &str) -> Bed {
+        let tmp = tempfile::tempdir().expect("a temporary directory");
+        let net = devnet(tmp.path());
+        let vhost = Vhost::new(vhost);
+        let (conn, ch) = channel(&vhost).await;
+        Bed {
+            tmp,
+            net,
+            vhost,
+            conn,
+            ch,
+        }
+    }
+}
+
 /// A lapin connection and channel to the broker at `url`.
 pub async fn channel_at(url: &str) -> (Connection, Channel) {
-    let props = lapin::ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    let conn = Connection::connect(url, props)
-        .await
-        .expect("connect to RabbitMQ");
-    let ch = conn.create_channel().await.unwrap();
+    let conn = broker::connect(url).await.unwrap_or_else(|e| panic!("{e}"));
+    let ch = conn.create_channel().await.expect("a channel");
     (conn, ch)
 }
 
+/// A TCP port of 127.0.0.1 that nothing listens on now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    process::free_port().expect("a free port on 127.0.0.1")
 }
 
+/// A generated network in `dir`, its servers on free ports.
 pub fn devnet(dir: &Path) -> Devnet {
-    write_devnet(
-        dir,
-        &DevnetOptions {
-            aa_port: free_port(),
-            ca_port: free_port(),
-            da_port: free_port(),
-            ..Default::default()
-        },
-    )
-    .unwrap()
-}
-
-/// A child process killed on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    pub fn sigterm(&mut self) {
-        sigterm(self.0.id());
-    }
-    /// SIGTERM, then the exit status, which must be success.
-    pub async fn stop_cleanly(mut self, what: &str) {
-        self.sigterm();
-        let mut child = self;
-        let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
-            .await
-            .unwrap();
-        assert!(status.success(), "{what}: {status:?}");
-    }
-    /// Sends `signal` (SIGHUP, ...).
-    pub fn signal(&mut self, signal: libc::c_int) {
-        // SAFETY: kill(2) with the pid of our child and a valid signal.
-        unsafe {
-            libc::kill(self.0.id() as libc::pid_t, signal);
-        }
-    }
-    pub fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Sends SIGTERM to a child of ours.
-fn sigterm(pid: u32) {
-    // SAFETY: kill(2) with a pid we spawned and a valid signal number.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGTERM);
-    }
+    write_devnet_on_free_ports(dir, 0)
+        .unwrap_or_else(|e| panic!("generating a network in {}: {e}", dir.display()))
+        .0
 }
 
 pub fn bin(name: &str) -> PathBuf {
@@ -110,13 +87,9 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// The environment of a node's process.
-pub fn node_env(cmd: &mut Command, node_dir: &Path, broker: &str) {
-    cmd.env("SWPT_NODEDATA_URL", format!("file://{}", node_dir.display()))
-        .env("PROTOCOL_BROKER_URL", broker)
-        .env("SWPT_SERVER_CERT", node_dir.join("server.crt"))
-        .env("SWPT_SERVER_KEY", node_dir.join("server.key"))
-        .env("APP_LOG_LEVEL", "warning");
+/// The command that runs the program `name` for the node of `node_dir`.
+pub fn node_command(name: &str, node_dir: &Path, broker: &str) -> Command {
+    process::node_command(&bin(name), node_dir, broker)
 }
 
 /// Owned `(name, value)` pairs as [`spawn`] takes them.
@@ -125,13 +98,9 @@ pub fn env_refs<'a>(pairs: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
 }
 
 pub fn spawn(name: &str, args: &[&str], node_dir: &Path, broker: &str, extra_env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(bin(name));
-    cmd.args(args).stdin(Stdio::null());
-    node_env(&mut cmd, node_dir, broker);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    Proc(cmd.spawn().unwrap())
+    let mut cmd = node_command(name, node_dir, broker);
+    cmd.args(args).envs(extra_env.iter().copied());
+    Proc::spawn(&mut cmd).unwrap_or_else(|e| panic!("starting {name}: {e}"))
 }
 
 /// Like [`spawn`], with the process's log (its standard output) collected
@@ -154,9 +123,8 @@ pub fn spawn_logged_env(
     broker: &str,
     extra_env: &[(&str, &str)],
 ) -> (Proc, std::sync::Arc<std::sync::Mutex<String>>) {
-    let mut cmd = Command::new(bin(name));
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped());
-    node_env(&mut cmd, node_dir, broker);
+    let mut cmd = node_command(name, node_dir, broker);
+    cmd.args(args).stdout(Stdio::piped());
     if !extra_env.is_empty() {
         cmd.env("APP_LOG_LEVEL", "info").envs(extra_env.iter().copied());
     }
@@ -190,21 +158,16 @@ pub async fn wait_for_log(log: &std::sync::Mutex<String>, needle: &str, within: 
 }
 
 pub fn run(name: &str, args: &[&str], node_dir: &Path, broker: &str) -> std::process::Output {
-    let mut cmd = Command::new(bin(name));
+    let mut cmd = node_command(name, node_dir, broker);
     cmd.args(args);
-    node_env(&mut cmd, node_dir, broker);
-    cmd.output().unwrap()
+    cmd.output().unwrap_or_else(|e| panic!("running {name}: {e}"))
 }
 
-/// Waits until `port` accepts connections.
+/// Waits (10 s at most) until `port` accepts connections.
 pub async fn wait_port(port: u16) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    if let Err(e) = process::wait_port(port, Duration::from_secs(10)).await {
+        panic!("{e}");
     }
-    panic!("nothing listens on port {port}");
 }
 
 /// Declares `exchange` (topic) and a queue bound to it with `#`.
@@ -214,54 +177,18 @@ pub async fn sink_queue(ch: &Channel, exchange: &str, queue: &str) {
 
 /// Like [`sink_queue`], the queue declared with `args` (its type, say).
 pub async fn sink_queue_with(ch: &Channel, exchange: &str, queue: &str, args: FieldTable) {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        exchange,
-        lapin::ExchangeKind::Topic,
-        durable,
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare(
-        queue,
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .unwrap();
-    ch.queue_bind(
-        queue,
-        exchange,
-        "#",
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    broker::sink_queue(ch, exchange, queue, args)
+        .await
+        .unwrap_or_else(|e| panic!("declaring {exchange} and {queue}: {e}"));
 }
 
 pub async fn publish(ch: &Channel, exchange: &str, key: &str, msg_type: &str, body: &[u8]) {
-    ch.basic_publish(
-        exchange,
-        key,
-        BasicPublishOptions::default(),
-        body,
-        BasicProperties::default()
-            .with_type(msg_type.into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let options = BasicPublishOptions::default();
+    ch.basic_publish(exchange, key, options, body, broker::persistent(msg_type))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 /// Deliveries unacknowledged in `queue` of `vhost` (rabbitmqctl).
@@ -373,35 +300,13 @@ pub fn configure_queue(node: &Path, peer: &str, queue: &str, broker: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The routing key with which the generated CA's services send to the AA
-/// `1234abcd` (its debtors subnet).
-pub const CA_OUT_KEY: &str = "12.34.ab.cd.00.00.00.01";
-
 /// Publishes PrepareTransfers `ids` into the CA's `creditors_out`, for the
 /// AA `1234abcd`.
 pub async fn queue_for_aa(ch: &Channel, ids: std::ops::Range<i64>) {
     for i in ids {
-        let body = serde_json::to_vec(&prepare_transfer(i)).unwrap();
+        let body = prepare_transfer_body(i);
         publish(ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", &body).await;
     }
-}
-
-/// A PrepareTransfer as the CA's services write it (CA subnet 000008).
-pub fn prepare_transfer(i: i64) -> serde_json::Value {
-    serde_json::json!({
-        "type": "PrepareTransfer",
-        "debtor_id": 0x1234abcd00000001_i64,
-        "creditor_id": 0x0000080000000001_i64,
-        "coordinator_type": "direct",
-        "coordinator_id": 0x0000080000000001_i64,
-        "coordinator_request_id": i,
-        "min_locked_amount": 1000,
-        "max_locked_amount": 2000,
-        "recipient": "r",
-        "final_interest_rate_ts": "2023-01-01T12:00:00+00:00",
-        "max_commit_delay": 100,
-        "ts": "2023-01-01T12:00:00+00:00",
-    })
 }
 
 /// One long-lived auto-ack consumer, so that nothing delivered is dropped
@@ -518,28 +423,8 @@ pub fn account_update(creditor: i64, debtor: i64) -> Value {
         "ts": "2023-01-01T12:00:00+00:00", "ttl": 10000})
 }
 
-/// `GET path` on 127.0.0.1:`port` (HTTP/1.1, one request per
-/// connection): the status and the body; status 0 when nothing answers.
-pub async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    if s.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
-}
+#[allow(unused_imports)]
+pub use swpt_testkit::http::get as http_get;
 
 /// Waits until `GET path` answers `status`; panics after `within` with
 /// the last answer.

@@ -1,32 +1,17 @@
-//! The bench's own AMQP client, lapin: it feeds and drains the broker,
-//! and runs the limit loop (consume and republish as the gateway's server
-//! does), independently of the client the gateway is built on.
+//! The gateway's publications in lapin's terms, for the limit loop
+//! (consume and republish as the gateway's server does) of the bench's own
+//! AMQP client ([`swpt_testkit::broker`]).
 
 use amqp_bridge::{HeaderValue, OutMessage, SmallestInt};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::BasicProperties;
 
 /// How the gateway publishes: mandatory.
 pub const PUBLISH_OPTIONS: BasicPublishOptions = BasicPublishOptions {
     mandatory: true,
     immediate: false,
 };
-
-/// A lapin connection on the bench's tokio runtime.
-pub async fn connect(url: &str) -> anyhow::Result<Connection> {
-    let props = ConnectionProperties::default()
-        .with_executor(tokio_executor_trait::Tokio::current())
-        .with_reactor(tokio_reactor_trait::Tokio);
-    let connecting = Connection::connect(url, props);
-    match tokio::time::timeout(std::time::Duration::from_secs(10), connecting).await {
-        Ok(c) => Ok(c?),
-        Err(_) => anyhow::bail!(
-            "RabbitMQ at {} did not answer in 10 s",
-            amqp_bridge::redact_url(url)
-        ),
-    }
-}
 
 /// The properties the gateway publishes `m` with, in lapin's types.
 pub fn properties(m: &OutMessage<'_>) -> BasicProperties {

@@ -7,7 +7,9 @@
 //! 2. Busy links: `count` messages spread over 50 links, then the same
 //!    over one link: the rates compared.
 
-use crate::{prepare_transfer, proc_stats, spawn};
+use crate::gateway::{devnet_on_free_ports, sink_channel, spawn, start_server};
+use crate::procfs::proc_stats;
+use crate::traffic::{auto_ack_consumer, count_arrivals};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use lapin::options::*;
@@ -15,7 +17,9 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use swpt_testkit::broker::{persistent, prepare_transfer_body};
 use swpt_testkit::generate::Devnet;
+use swpt_testkit::process::Proc;
 
 const ARRIVED: &str = "bench.links.arrived";
 
@@ -48,13 +52,13 @@ pub(crate) async fn fill(ch: &Channel, n: usize, per_queue: u64, first: u64) -> 
     let mut id = first;
     for _ in 0..per_queue {
         for i in 0..n {
-            let props = crate::persistent("PrepareTransfer");
+            let props = persistent("PrepareTransfer");
             let c = ch
                 .basic_publish(
                     "",
                     &queue(i),
                     BasicPublishOptions::default(),
-                    &prepare_transfer(id),
+                    &prepare_transfer_body(id as i64),
                     props,
                 )
                 .await?;
@@ -71,26 +75,17 @@ pub(crate) async fn fill(ch: &Channel, n: usize, per_queue: u64, first: u64) -> 
     Ok(())
 }
 
-fn client(net: &Devnet, broker: &str, file: &Path) -> anyhow::Result<crate::Proc> {
+fn client(net: &Devnet, broker: &str, file: &Path) -> anyhow::Result<Proc> {
     let file = file.to_str().context("links file path")?.to_string();
     spawn("swpt-client", &["--links", &file], &net.ca_dir, broker, &[])
 }
 
 pub async fn run(broker: &str, links: usize, seconds: u64, every: u64, count: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("swpt-links-{}", std::process::id()));
-    let (net, port) = crate::devnet_on_free_ports(&dir, 0)?;
-    let (conn, ch) = crate::sink_channel(broker, ARRIVED).await?;
-    let _server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        broker,
-        &[
-            ("SWPT_SERVER_PORT", port.to_string()),
-            ("APP_MAX_CONNECTIONS_PER_PEER", (links + 60).to_string()),
-        ],
-    )?;
-    crate::wait_port(port).await;
+    let (net, port) = devnet_on_free_ports(&dir, 0)?;
+    let (conn, ch) = sink_channel(broker, ARRIVED).await?;
+    let connections = [("APP_MAX_CONNECTIONS_PER_PEER", (links + 60).to_string())];
+    let _server = start_server(&net, port, broker, &connections).await?;
     let result = quiet(&net, broker, &ch, links, seconds, every).await;
     let result = match result {
         Ok(()) => busy(&net, broker, &ch, count).await,
@@ -125,7 +120,7 @@ async fn quiet(
 ) -> anyhow::Result<()> {
     let file = net.ca_dir.join("links");
     queues(ch, links, &file).await?;
-    let mut consumer = crate::auto_ack_consumer(ch, ARRIVED).await?;
+    let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
     let started = Instant::now();
     let client = client(net, broker, &file)?;
     let rounds = (seconds / every.max(1)).max(1);
@@ -137,8 +132,8 @@ async fn quiet(
         let next = started + Duration::from_secs((round + 1) * every);
         tokio::time::sleep_until(next.into()).await;
     }
-    let span = crate::count_arrivals(&mut consumer, sent, None).await?;
-    let (cpu, rss) = client.stats();
+    let span = count_arrivals(&mut consumer, sent, None).await?;
+    let (cpu, rss) = proc_stats(client.0.id());
     let extra = tokio::time::timeout(Duration::from_secs(2), consumer.next()).await;
     if let Ok(Some(_)) = extra {
         bail!("more messages arrived than were sent");
@@ -168,10 +163,10 @@ async fn busy(net: &Devnet, broker: &str, ch: &Channel, count: u64) -> anyhow::R
         let per_queue = count / links as u64;
         fill(ch, links, per_queue, 0).await?;
         let total = per_queue * links as u64;
-        let mut consumer = crate::auto_ack_consumer(ch, ARRIVED).await?;
+        let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
         let started = Instant::now();
         let client = client(net, broker, &file)?;
-        crate::count_arrivals(&mut consumer, total, None).await?;
+        count_arrivals(&mut consumer, total, None).await?;
         let seconds = started.elapsed().as_secs_f64();
         let (cpu, rss) = proc_stats(client.0.id());
         println!(

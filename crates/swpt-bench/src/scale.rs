@@ -1,12 +1,14 @@
 //! The scale mode: one swpt-server (AA) and many creditors-agent peers,
 //! each a TLS STOMP session held in this process.
 
-use crate::{prepare_transfer, proc_stats, rss_kib, spawn};
+use crate::gateway::{devnet_on_free_ports, empty_sink, start_server};
+use crate::procfs::{proc_stats, rss_kib};
 use futures::{SinkExt, StreamExt};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use stomp_codec::{Frame, StompCodec, StompItem};
+use swpt_testkit::broker::prepare_transfer;
 use swpt_testkit::generate::Devnet;
 use tokio_util::codec::Framed;
 
@@ -22,21 +24,12 @@ pub(crate) struct Counters {
 pub async fn run(broker: &str, peers: usize, seconds: u64, every: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("swpt-scale-{}", std::process::id()));
     eprintln!("generating an AA with {peers} creditors-agent peers");
-    let (net, port) = crate::devnet_on_free_ports(&dir, peers)?;
-    let conn = crate::lapin_client::connect(broker).await?;
+    let (net, port) = devnet_on_free_ports(&dir, peers)?;
+    let conn = swpt_testkit::broker::connect(broker).await?;
     let ch = conn.create_channel().await?;
-    crate::declare_sink(&ch, "accounts_in", "bench.scale").await?;
-    let server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        broker,
-        &[
-            ("SWPT_SERVER_PORT", port.to_string()),
-            ("APP_MAX_CONNECTIONS_PER_PEER", "2".into()),
-        ],
-    )?;
-    crate::wait_port(port).await;
+    empty_sink(&ch, "accounts_in", "bench.scale").await?;
+    let connections = [("APP_MAX_CONNECTIONS_PER_PEER", "2".to_string())];
+    let server = start_server(&net, port, broker, &connections).await?;
     let pid = server.0.id();
     let rss_before = rss_kib(pid);
     let counters = Arc::new(Counters::default());
@@ -112,6 +105,62 @@ pub(crate) async fn start_peers(
     Ok(tasks)
 }
 
+/// One peer's TLS STOMP session, connected.
+type PeerSession = Framed<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, StompCodec>;
+
+/// Connects to the server on `port` as a peer presenting `config`'s
+/// certificate, and opens the STOMP session.
+async fn connect(config: Arc<tokio_rustls::rustls::ClientConfig>, port: u16) -> anyhow::Result<PeerSession> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect("localhost".try_into()?, tcp)
+        .await?;
+    let mut framed = Framed::new(tls, StompCodec::default());
+    let stomp = Frame::new("STOMP")
+        .header("accept-version", "1.2")
+        .header("host", "/")
+        .header("heart-beat", "5000,30000");
+    framed.send(stomp).await?;
+    match framed.next().await {
+        Some(Ok(StompItem::Frame(f))) if f.command == "CONNECTED" => Ok(framed),
+        other => anyhow::bail!("no CONNECTED: {other:?}"),
+    }
+}
+
+/// The SEND of the `n`th PrepareTransfer of `creditor`, asking a receipt.
+fn send_frame(creditor: i64, n: u64) -> anyhow::Result<Frame> {
+    let mut body = prepare_transfer(n as i64);
+    body["creditor_id"] = creditor.into();
+    body["coordinator_id"] = creditor.into();
+    Ok(Frame::new("SEND")
+        .header("destination", "/exchange/accounts_in")
+        .header("type", "PrepareTransfer")
+        .header("content-type", "application/json")
+        .header("receipt", n.to_string())
+        .body(serde_json::to_vec(&body)?))
+}
+
+/// A peer's SENDs so far and those not yet receipted.
+#[derive(Default)]
+struct Unreceipted {
+    sent: u64,
+    outstanding: u64,
+}
+
+impl Unreceipted {
+    fn sent(&mut self) {
+        self.sent += 1;
+        self.outstanding += 1;
+    }
+
+    /// A RECEIPT for SEND `id` (cumulative): counts what it newly covers.
+    fn receipt(&mut self, id: u64, c: &Counters) {
+        let newly = (id + 1).saturating_sub(self.sent - self.outstanding);
+        c.receipted.fetch_add(newly, Ordering::Relaxed);
+        self.outstanding -= newly.min(self.outstanding);
+    }
+}
+
 pub(crate) async fn peer(
     config: Arc<tokio_rustls::rustls::ClientConfig>,
     port: u16,
@@ -120,53 +169,23 @@ pub(crate) async fn peer(
     deadline: tokio::time::Instant,
     c: &Counters,
 ) -> anyhow::Result<()> {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect("localhost".try_into()?, tcp)
-        .await?;
-    let mut framed = Framed::new(tls, StompCodec::default());
-    framed
-        .send(
-            Frame::new("STOMP")
-                .header("accept-version", "1.2")
-                .header("host", "/")
-                .header("heart-beat", "5000,30000"),
-        )
-        .await?;
-    match framed.next().await {
-        Some(Ok(StompItem::Frame(f))) if f.command == "CONNECTED" => {}
-        other => anyhow::bail!("no CONNECTED: {other:?}"),
-    }
+    let mut framed = connect(config, port).await?;
     c.connected.fetch_add(1, Ordering::Relaxed);
     let mut heartbeat = tokio::time::interval(Duration::from_secs(5));
     let mut send = tokio::time::interval(Duration::from_secs(every.max(1)));
-    let mut n = 0u64;
-    let mut outstanding = 0u64;
+    let mut sends = Unreceipted::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = heartbeat.tick() => framed.send(StompItem::HeartBeat).await?,
             _ = send.tick() => {
-                let mut body: serde_json::Value = serde_json::from_slice(&prepare_transfer(n))?;
-                body["creditor_id"] = creditor.into();
-                body["coordinator_id"] = creditor.into();
-                let frame = Frame::new("SEND")
-                    .header("destination", "/exchange/accounts_in")
-                    .header("type", "PrepareTransfer")
-                    .header("content-type", "application/json")
-                    .header("receipt", n.to_string())
-                    .body(serde_json::to_vec(&body)?);
-                framed.send(frame).await?;
+                framed.send(send_frame(creditor, sends.sent)?).await?;
                 c.sent.fetch_add(1, Ordering::Relaxed);
-                n += 1;
-                outstanding += 1;
+                sends.sent();
             }
             item = framed.next() => match item {
                 Some(Ok(StompItem::Frame(f))) if f.command == "RECEIPT" => {
-                    let id: u64 = f.get("receipt-id").unwrap_or("0").parse()?;
-                    let newly = (id + 1).saturating_sub(n - outstanding);
-                    c.receipted.fetch_add(newly, Ordering::Relaxed);
-                    outstanding -= newly.min(outstanding);
+                    sends.receipt(f.get("receipt-id").unwrap_or("0").parse()?, c);
                 }
                 Some(Ok(StompItem::HeartBeat)) => {}
                 other => anyhow::bail!("session ended: {other:?}"),
@@ -175,13 +194,10 @@ pub(crate) async fn peer(
     }
     // Wait for the last receipts, then leave.
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while outstanding > 0 {
+        while sends.outstanding > 0 {
             match framed.next().await {
                 Some(Ok(StompItem::Frame(f))) if f.command == "RECEIPT" => {
-                    let id: u64 = f.get("receipt-id").unwrap_or("0").parse().unwrap_or(0);
-                    let newly = (id + 1).saturating_sub(n - outstanding);
-                    c.receipted.fetch_add(newly, Ordering::Relaxed);
-                    outstanding -= newly.min(outstanding);
+                    sends.receipt(f.get("receipt-id").unwrap_or("0").parse().unwrap_or(0), c);
                 }
                 Some(Ok(_)) => {}
                 _ => break,

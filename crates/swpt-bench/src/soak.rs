@@ -11,13 +11,16 @@
 //! (least squares, per hour) is printed, and the run fails when the RSS
 //! of either grows more than 1 MiB per 10 minutes.
 
+use crate::gateway::{devnet_on_free_ports, scrape_once, sink_channel, spawn, start_server};
+use crate::procfs::rss_kib;
 use crate::scale::{start_peers, Counters};
-use crate::{rss_kib, spawn};
+use crate::traffic::auto_ack_consumer;
 use anyhow::bail;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use swpt_testkit::process::free_port;
 
 const ARRIVED: &str = "bench.soak.arrived";
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -94,23 +97,16 @@ fn report(name: &str, samples: &[Sample]) -> f64 {
 pub async fn run(broker: &str, peers: usize, minutes: u64, every: u64) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("swpt-soak-{}", std::process::id()));
     eprintln!("generating an AA with {peers} creditors-agent peers");
-    let (net, port) = crate::devnet_on_free_ports(&dir, peers)?;
-    let (conn, ch) = crate::sink_channel(broker, ARRIVED).await?;
+    let (net, port) = devnet_on_free_ports(&dir, peers)?;
+    let (conn, ch) = sink_channel(broker, ARRIVED).await?;
     let file = net.ca_dir.join("links");
     crate::links::queues(&ch, peers, &file).await?;
-    let (server_http, client_http) = (crate::free_port(), crate::free_port());
-    let server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        broker,
-        &[
-            ("SWPT_SERVER_PORT", port.to_string()),
-            ("APP_MAX_CONNECTIONS_PER_PEER", (peers + 10).to_string()),
-            ("APP_HTTP_PORT", server_http.to_string()),
-        ],
-    )?;
-    crate::wait_port(port).await;
+    let (server_http, client_http) = (free_port()?, free_port()?);
+    let env = [
+        ("APP_MAX_CONNECTIONS_PER_PEER", (peers + 10).to_string()),
+        ("APP_HTTP_PORT", server_http.to_string()),
+    ];
+    let server = start_server(&net, port, broker, &env).await?;
     let file_arg = file.to_string_lossy().into_owned();
     let client = spawn(
         "swpt-client",
@@ -150,7 +146,7 @@ async fn soak(
     let counters = Arc::new(Counters::default());
     let mut sessions = start_peers(net, port, every, deadline, &counters).await?;
     let arrived = Arc::new(AtomicU64::new(0));
-    let mut consumer = crate::auto_ack_consumer(ch, ARRIVED).await?;
+    let mut consumer = auto_ack_consumer(ch, ARRIVED).await?;
     let counted = arrived.clone();
     let drain = tokio::spawn(async move {
         while let Some(Ok(_)) = consumer.next().await {
@@ -207,7 +203,7 @@ impl Load {
                 next_fill += Duration::from_secs(self.every.max(1));
             }
             if tokio::time::Instant::now() >= next_sample {
-                crate::scrape_once(self.http).await;
+                scrape_once(self.http).await;
                 let at = started.elapsed().as_secs_f64();
                 for (i, pid) in self.pids.iter().enumerate() {
                     samples[i].push(sample(*pid, at));

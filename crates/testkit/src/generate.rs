@@ -24,6 +24,8 @@ pub enum GenError {
     Cert(#[from] rcgen::Error),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("no free port on 127.0.0.1: {0}")]
+    NoPort(std::io::Error),
 }
 
 /// The OID of `serialNumber` (2.5.4.5).
@@ -462,6 +464,22 @@ fn knows_aa(
         marker: Some(marker),
     };
     write_peer(node, &link)
+}
+
+/// [`write_devnet`] with the defaults, every server on a free port of
+/// 127.0.0.1 and `extra_ca_peers` more creditors agents of the AA; and
+/// the AA's port.
+pub fn write_devnet_on_free_ports(dir: &Path, extra_ca_peers: usize) -> Result<(Devnet, u16), GenError> {
+    let port = || crate::process::free_port().map_err(GenError::NoPort);
+    let aa_port = port()?;
+    let opts = DevnetOptions {
+        aa_port,
+        ca_port: port()?,
+        da_port: port()?,
+        extra_ca_peers,
+        ..Default::default()
+    };
+    Ok((write_devnet(dir, &opts)?, aa_port))
 }
 
 /// Writes a consistent AA + CA + DA test network under `dir` (`aa/`,

@@ -5,11 +5,19 @@
 //!   certificates follow the profile of SPEC section 3 (also as the
 //!   `swpt-nodedata` binary);
 //! - [`Vhost`]: a RabbitMQ virtual host of one test's own, deleted on drop;
+//! - [`process`]: the gateway's programs as child processes, and the
+//!   local ports they listen on;
+//! - [`broker`]: our own AMQP client (lapin), its sink queues and the
+//!   messages a node's services send;
+//! - [`http`]: a plain GET, for the probes and `/metrics`;
 //! - [`shared_data`] and [`skip`]: the Python gateway's test network beside
 //!   the repository, and a skip that the test command counts as a skip,
 //!   never as a pass.
 
+pub mod broker;
 pub mod generate;
+pub mod http;
+pub mod process;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
