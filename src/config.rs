@@ -39,12 +39,12 @@ pub struct CommonArgs {
 impl CommonArgs {
     /// What every program does first: logging as asked, the CPU pinning
     /// of APP_CPU_AFFINITY, then the internal settings (APP_*).
-    pub fn start(self) -> anyhow::Result<NodeSettings> {
+    pub fn start(&self) -> anyhow::Result<NodeSettings> {
         crate::logging::init(&self.log_level, &self.log_format);
         crate::affinity::apply_from_env()?;
         Ok(NodeSettings {
-            nodedata_url: self.nodedata_url,
-            broker_url: self.broker_url,
+            nodedata_url: self.nodedata_url.clone(),
+            broker_url: self.broker_url.clone(),
             internal: Internal::from_env()?,
         })
     }

@@ -2,9 +2,8 @@
 //! messages to peers (see [`crate::client`]).
 
 use crate::client::{self, ClientSettings, LinkId};
-use crate::config::{CertArgs, CommonArgs};
-use crate::exit::run_main;
-use crate::http::{HttpArgs, UpCount};
+use crate::config::CertArgs;
+use crate::http::UpCount;
 use crate::shutdown::Shutdown;
 use clap::Parser;
 use std::ffi::OsString;
@@ -37,16 +36,12 @@ struct Cli {
     #[arg(short = 'b', long, env = "SWPT_CLIENT_BUFFER", default_value_t = 100)]
     client_buffer: usize,
     #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    http: HttpArgs,
+    service: super::ServiceArgs,
 }
 
 /// Runs the program with its command line (`args[0]` its name).
 pub fn main(args: Vec<OsString>) -> ! {
-    let cli = Cli::parse_from(args);
-    run_main(async {
-        let (node, http) = super::open(cli.common, &cli.http).await?;
+    super::run_service(args, |cli: Cli, node, http| async move {
         let up = UpCount::default();
         let settings = ClientSettings {
             node,
@@ -63,4 +58,10 @@ pub fn main(args: Vec<OsString>) -> ! {
         };
         done.map_err(client::FatalError::into_anyhow)
     })
+}
+
+impl super::Service for Cli {
+    fn service(&self) -> &super::ServiceArgs {
+        &self.service
+    }
 }

@@ -1,9 +1,8 @@
 //! `swpt-drainer PEER QUEUE`: drains a deactivated peer's queue (see [`crate::drainer`]).
 
-use crate::config::{CommonArgs, PeerQueueArgs};
+use crate::config::PeerQueueArgs;
 use crate::drainer::{self, DrainerSettings};
-use crate::exit::run_main;
-use crate::http::{HttpArgs, UpCount};
+use crate::http::UpCount;
 use crate::shutdown::Shutdown;
 use clap::Parser;
 use std::ffi::OsString;
@@ -23,16 +22,12 @@ struct Cli {
     #[arg(short = 'B', long, env = "SWPT_SERVER_BUFFER", default_value_t = 100)]
     server_buffer: usize,
     #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    http: HttpArgs,
+    service: super::ServiceArgs,
 }
 
 /// Runs the program with its command line (`args[0]` its name).
 pub fn main(args: Vec<OsString>) -> ! {
-    let cli = Cli::parse_from(args);
-    run_main(async {
-        let (node, http) = super::open(cli.common, &cli.http).await?;
+    super::run_service(args, |cli: Cli, node, http| async move {
         let up = UpCount::default();
         let settings = DrainerSettings {
             node,
@@ -46,4 +41,10 @@ pub fn main(args: Vec<OsString>) -> ! {
         crate::http::serve(http, up.readiness("not consuming"), shutdown.clone());
         drainer::run(settings, shutdown).await
     })
+}
+
+impl super::Service for Cli {
+    fn service(&self) -> &super::ServiceArgs {
+        &self.service
+    }
 }

@@ -62,15 +62,39 @@ pub fn dispatch(mut args: Vec<OsString>) -> ! {
     std::process::exit(crate::exit::CONFIG_EXIT)
 }
 
-/// What the programs that serve a node open with: logging as asked, the
-/// node's settings, and the HTTP listener when one is asked for.
-async fn open(
+/// The arguments of every program that serves a node (the server, the
+/// client, the drainer): the common ones and the HTTP listener's.
+#[derive(clap::Args, Debug)]
+pub struct ServiceArgs {
+    #[command(flatten)]
     common: crate::config::CommonArgs,
-    http: &crate::http::HttpArgs,
-) -> anyhow::Result<(crate::config::NodeSettings, Option<tokio::net::TcpListener>)> {
-    let node = common.start().map_err(crate::exit::config)?;
-    let http = http.bind().await.map_err(crate::exit::config)?;
-    Ok((node, http))
+    #[command(flatten)]
+    http: crate::http::HttpArgs,
+}
+
+/// A command line that holds [`ServiceArgs`].
+trait Service: clap::Parser {
+    fn service(&self) -> &ServiceArgs;
+}
+
+/// Runs a program that serves a node, to its end: its command line
+/// parsed, logging set up as asked, the node's settings read and the HTTP
+/// listener bound when one is asked for; then `serve` with them.
+fn run_service<C, F>(
+    args: Vec<OsString>,
+    serve: impl FnOnce(C, crate::config::NodeSettings, Option<tokio::net::TcpListener>) -> F,
+) -> !
+where
+    C: Service,
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let cli = C::parse_from(args);
+    crate::exit::run_main(async move {
+        let service = cli.service();
+        let node = service.common.start().map_err(crate::exit::config)?;
+        let http = service.http.bind().await.map_err(crate::exit::config)?;
+        serve(cli, node, http).await
+    })
 }
 
 fn usage(names: &[&str]) -> String {

@@ -1,8 +1,7 @@
 //! `swpt-server`: accepts peers' STOMP connections (see [`crate::server`]).
 
-use crate::config::{CertArgs, CommonArgs};
-use crate::exit::{config, run_main};
-use crate::http::HttpArgs;
+use crate::config::CertArgs;
+use crate::exit::config;
 use crate::server::{bind, serve, ServerContext, ServerSettings};
 use crate::shutdown::Shutdown;
 use clap::Parser;
@@ -22,16 +21,12 @@ struct Cli {
     #[arg(short = 'b', long, env = "SWPT_SERVER_BUFFER", default_value_t = 100)]
     server_buffer: usize,
     #[command(flatten)]
-    common: CommonArgs,
-    #[command(flatten)]
-    http: HttpArgs,
+    service: super::ServiceArgs,
 }
 
 /// Runs the program with its command line (`args[0]` its name).
 pub fn main(args: Vec<OsString>) -> ! {
-    let cli = Cli::parse_from(args);
-    run_main(async {
-        let (node, http) = super::open(cli.common, &cli.http).await?;
+    super::run_service(args, |cli: Cli, node, http| async move {
         let backlog = node.internal.app_stomp_server_backlog;
         let settings = ServerSettings {
             node,
@@ -52,4 +47,10 @@ pub fn main(args: Vec<OsString>) -> ! {
         serve(listener, ctx, shutdown).await;
         Ok(())
     })
+}
+
+impl super::Service for Cli {
+    fn service(&self) -> &super::ServiceArgs {
+        &self.service
+    }
 }
