@@ -1,4 +1,5 @@
-//! The ten SMP message types and their validation (SPEC section 6).
+//! The SMP message types ([`MessageType::ALL`]) and their validation (SPEC
+//! section 6).
 //!
 //! Each type is a table of fields with a kind; [`Message::parse`] checks a
 //! JSON body against its table and the type's cross-field rules, drops
