@@ -317,18 +317,9 @@ pub struct Collector {
 
 impl Collector {
     pub async fn new(ch: &Channel, queue: &str) -> Collector {
-        let consumer = ch
-            .basic_consume(
-                queue,
-                "",
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let consumer = broker::auto_ack_consumer(ch, queue)
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("consuming {queue}: {e}"));
         Collector { consumer }
     }
 

@@ -3,12 +3,12 @@
 //! publish to arrival.
 
 use crate::gateway::{empty_sink, gateway, start_client, ARRIVED};
-use crate::traffic::auto_ack_consumer;
 use anyhow::Context;
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, QueueDeleteOptions};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use swpt_testkit::broker::auto_ack_consumer;
 use swpt_testkit::broker::{persistent, prepare_transfer_body, CA_OUT_KEY};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

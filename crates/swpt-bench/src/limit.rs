@@ -10,7 +10,7 @@
 use crate::gateway::empty_sink;
 use crate::lapin_client;
 use crate::procfs::Usage;
-use crate::traffic::{auto_ack_consumer, count_arrivals, fill};
+use crate::traffic::{count_arrivals, fill};
 use anyhow::Context;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
@@ -19,6 +19,7 @@ use lapin::options::*;
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
+use swpt_testkit::broker::auto_ack_consumer;
 use swpt_testkit::broker::prepare_transfer_body;
 use swpt_testkit::generate::Devnet;
 

@@ -9,7 +9,7 @@
 
 use crate::gateway::{devnet_on_free_ports, sink_channel, spawn, start_server};
 use crate::procfs::proc_stats;
-use crate::traffic::{auto_ack_consumer, count_arrivals};
+use crate::traffic::count_arrivals;
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use lapin::options::*;
@@ -17,6 +17,7 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use swpt_testkit::broker::auto_ack_consumer;
 use swpt_testkit::broker::{persistent, prepare_transfer_body};
 use swpt_testkit::generate::Devnet;
 use swpt_testkit::process::Proc;

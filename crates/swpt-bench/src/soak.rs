@@ -14,12 +14,12 @@
 use crate::gateway::{devnet_on_free_ports, scrape_once, sink_channel, spawn, start_server};
 use crate::procfs::rss_kib;
 use crate::scale::{start_peers, Counters};
-use crate::traffic::auto_ack_consumer;
 use anyhow::bail;
 use futures::StreamExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use swpt_testkit::broker::auto_ack_consumer;
 use swpt_testkit::process::free_port;
 
 const ARRIVED: &str = "bench.soak.arrived";

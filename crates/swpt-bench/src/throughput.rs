@@ -10,10 +10,11 @@
 use crate::gateway::{gateway, start_client, Gateway, ARRIVED};
 use crate::limit::{broker_limit, server_publication, Figures};
 use crate::procfs::{broker_pid, proc_stats, Usage};
-use crate::traffic::{auto_ack_consumer, count_arrivals, fill};
+use crate::traffic::{count_arrivals, fill};
 use lapin::options::BasicCancelOptions;
 use lapin::Channel;
 use std::time::Duration;
+use swpt_testkit::broker::auto_ack_consumer;
 use swpt_testkit::broker::CA_OUT_KEY;
 
 /// How long the client has to stop on SIGTERM.

@@ -5,12 +5,11 @@
 use anyhow::bail;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::Channel;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
-use swpt_testkit::broker::{persistent, prepare_transfer_body};
+use swpt_testkit::broker::{auto_ack_consumer, persistent, prepare_transfer_body};
 
 /// Publishes `n` messages with confirms, `window` in flight.
 pub async fn fill(ch: &Channel, exchange: &str, key: &str, n: u64, window: usize) -> anyhow::Result<()> {
@@ -73,17 +72,6 @@ impl Progress {
             self.last_line = done;
         }
     }
-}
-
-/// An auto-ack consumer of `queue`.
-pub async fn auto_ack_consumer(ch: &Channel, queue: &str) -> anyhow::Result<lapin::Consumer> {
-    let options = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    Ok(ch
-        .basic_consume(queue, "", options, FieldTable::default())
-        .await?)
 }
 
 /// The times of the first and the last of `n` arrivals.

@@ -4,7 +4,7 @@
 //! [`prepare_transfer`]) and counts what the gateway publishes in sink
 //! queues ([`sink_queue`]).
 
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
@@ -62,6 +62,16 @@ pub async fn sink_queue(ch: &Channel, exchange: &str, queue: &str, args: FieldTa
         FieldTable::default(),
     )
     .await
+}
+
+/// A consumer of `queue` that the broker counts as acked on delivery
+/// (what arrives is only counted or read).
+pub async fn auto_ack_consumer(ch: &Channel, queue: &str) -> lapin::Result<lapin::Consumer> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    ch.basic_consume(queue, "", options, FieldTable::default()).await
 }
 
 /// The properties a node's services publish an SMP message of `msg_type`
