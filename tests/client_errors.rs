@@ -98,15 +98,10 @@ async fn faulty_server(aa_dir: &Path, port: u16, fault: Fault) -> Arc<AtomicUsiz
 /// `expected`, the client comes back (a second session), and the message
 /// is still in the queue once the client has stopped.
 async fn client_meets(fault: Fault, expected: &str) {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _conn,
-        ch,
-    } = Bed::new(&format!("client-{fault:?}")).await;
+    let bed = Bed::new(&format!("client-{fault:?}")).await;
+    let Bed { net, vhost, ch, .. } = &bed;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
-    queue_for_aa(&ch, 1..2).await;
+    queue_for_aa(ch, 1..2).await;
     let sessions = faulty_server(&net.aa_dir, peer_port(&net.ca_dir, "1234abcd"), fault).await;
     let (client, log) = spawn_logged("swpt-client", &["1234abcd", "to_aa"], &net.ca_dir, &vhost.url);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -123,12 +118,12 @@ async fn client_meets(fault: Fault, expected: &str) {
         .stop_cleanly(&format!("{fault:?}: the client on SIGTERM"))
         .await;
     assert_eq!(
-        message_count(&ch, "to_aa").await,
+        message_count(ch, "to_aa").await,
         1,
         "{fault:?}: the message was never receipted, so never acked"
     );
     assert_eq!(
-        message_count(&ch, "to_aa.XQ").await,
+        message_count(ch, "to_aa.XQ").await,
         0,
         "{fault:?}: nothing dead-lettered"
     );

@@ -186,14 +186,9 @@ fn an_unreadable_database_has_an_exit_status_of_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_checks_find_a_missing_queue_and_change_nothing() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _c,
-        ch,
-    } = Bed::new("doctor").await;
-    sink_queue(&ch, "accounts_in", "received").await;
+    let bed = Bed::new("doctor").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    sink_queue(ch, "accounts_in", "received").await;
     let (out, text) = doctor(&net.aa_dir, &vhost.url, &["--broker"]);
     assert_eq!(out.status.code(), Some(1));
     let missing = format!("exchange aa.x.{}", net.ca_id);

@@ -165,17 +165,12 @@ async fn aa_to_da_and_da_to_aa_shared_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_stream_nothing_is_lost() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _c,
-        ch,
-    } = Bed::new("sigkill").await;
+    let bed = Bed::new("sigkill").await;
+    let Bed { net, vhost, ch, .. } = &bed;
     const N: i64 = 5000;
-    let (mut server, client, port) = stream_to_aa(&net, &vhost, &ch, N).await;
+    let (mut server, client, port) = stream_to_aa(net, vhost, ch, N).await;
     // Let part of the stream through, then kill the server.
-    let mut received = Collector::new(&ch, "received").await;
+    let mut received = Collector::new(ch, "received").await;
     let mut seen = HashSet::new();
     for _ in 0..500 {
         let d = received
@@ -185,7 +180,7 @@ async fn server_killed_mid_stream_nothing_is_lost() {
         seen.insert(request_id(&d));
     }
     server.sigkill();
-    let _server = aa_server(&net, &vhost, port).await;
+    let _server = aa_server(net, vhost, port).await;
     // The client reconnects by itself; every message arrives at least once.
     collect_ids(&mut received, &mut seen, N, Duration::from_secs(90)).await;
     assert_eq!(seen.len() as i64, N);

@@ -156,26 +156,12 @@ async fn stream(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sigterm_mid_stream_loses_and_duplicates_nothing() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _c,
-        ch,
-    } = Bed::new("graceful-server").await;
-    let ((server, log), client, port) = stream(&net, &vhost, &ch).await;
-    let mut received = Collector::new(&ch, "received").await;
+    let bed = Bed::new("graceful-server").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    let ((server, log), client, port) = stream(net, vhost, ch).await;
+    let mut received = Collector::new(ch, "received").await;
     let mut counts = HashMap::new();
-    stop_mid_stream(
-        &ch,
-        &vhost,
-        "to_aa",
-        &mut received,
-        &mut counts,
-        request_id,
-        server,
-    )
-    .await;
+    stop_mid_stream(ch, vhost, "to_aa", &mut received, &mut counts, request_id, server).await;
     // The session drained: it waited for the publishes in flight, and
     // receipted them before it closed.
     let log = log.lock().unwrap().clone();
@@ -187,34 +173,20 @@ async fn server_sigterm_mid_stream_loses_and_duplicates_nothing() {
             "{log}"
         );
     }
-    let _server = start_server(&net, &vhost, port).await.0;
-    exactly_once_after_restart(&ch, "to_aa", &mut received, &mut counts, request_id, client).await;
+    let _server = start_server(net, vhost, port).await.0;
+    exactly_once_after_restart(ch, "to_aa", &mut received, &mut counts, request_id, client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_sigterm_mid_stream_loses_and_duplicates_nothing() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _c,
-        ch,
-    } = Bed::new("graceful-client").await;
-    let (_server, client, _) = stream(&net, &vhost, &ch).await;
-    let mut received = Collector::new(&ch, "received").await;
+    let bed = Bed::new("graceful-client").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    let (_server, client, _) = stream(net, vhost, ch).await;
+    let mut received = Collector::new(ch, "received").await;
     let mut counts = HashMap::new();
-    stop_mid_stream(
-        &ch,
-        &vhost,
-        "to_aa",
-        &mut received,
-        &mut counts,
-        request_id,
-        client,
-    )
-    .await;
-    let client = start_client(&net, &vhost);
-    exactly_once_after_restart(&ch, "to_aa", &mut received, &mut counts, request_id, client).await;
+    stop_mid_stream(ch, vhost, "to_aa", &mut received, &mut counts, request_id, client).await;
+    let client = start_client(net, vhost);
+    exactly_once_after_restart(ch, "to_aa", &mut received, &mut counts, request_id, client).await;
 }
 
 /// The creditor of a ConfigureAccount reply, less the subnet.
@@ -226,26 +198,21 @@ fn reply_id(d: &lapin::message::Delivery) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drainer_sigterm_mid_stream_publishes_no_reply_twice() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _c,
-        ch,
-    } = Bed::new("graceful-drainer").await;
-    sink_queue(&ch, "accounts_in", "replies").await;
-    declare_peer_queue(&ch, "to_gone").await;
+    let bed = Bed::new("graceful-drainer").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    sink_queue(ch, "accounts_in", "replies").await;
+    declare_peer_queue(ch, "to_gone").await;
     for i in 0..N {
         let body = serde_json::to_vec(&account_update(0x0000020000000000 + i, 0x1234abcd00000001)).unwrap();
-        publish(&ch, "", "to_gone", "AccountUpdate", &body).await;
+        publish(ch, "", "to_gone", "AccountUpdate", &body).await;
     }
     let gone = net.deactivated_ca_id.clone().unwrap();
     let drainer = spawn("swpt-drainer", &[&gone, "to_gone"], &net.aa_dir, &vhost.url, &[]);
-    let mut received = Collector::new(&ch, "replies").await;
+    let mut received = Collector::new(ch, "replies").await;
     let mut counts = HashMap::new();
     stop_mid_stream(
-        &ch,
-        &vhost,
+        ch,
+        vhost,
         "to_gone",
         &mut received,
         &mut counts,
@@ -254,9 +221,9 @@ async fn drainer_sigterm_mid_stream_publishes_no_reply_twice() {
     )
     .await;
     let drainer = spawn("swpt-drainer", &[&gone, "to_gone"], &net.aa_dir, &vhost.url, &[]);
-    exactly_once_after_restart(&ch, "to_gone", &mut received, &mut counts, reply_id, drainer).await;
+    exactly_once_after_restart(ch, "to_gone", &mut received, &mut counts, reply_id, drainer).await;
     assert_eq!(
-        message_count(&ch, "to_gone.XQ").await,
+        message_count(ch, "to_gone.XQ").await,
         0,
         "nothing was dead-lettered"
     );

@@ -227,17 +227,12 @@ async fn a_replaced_server_certificate_is_used_for_new_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_client_waits_while_its_peer_is_deactivated() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _c,
-        ch,
-    } = Bed::new("reload-client").await;
-    sink_queue(&ch, "accounts_in", "received").await;
+    let bed = Bed::new("reload-client").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    sink_queue(ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let port = peer_port(&net.ca_dir, "1234abcd");
-    let _server = common::aa_server(&net, &vhost, port).await;
+    let _server = common::aa_server(net, vhost, port).await;
     let (mut client, log) = spawn_logged_env(
         "swpt-client",
         &["1234abcd", "to_aa"],
@@ -245,8 +240,8 @@ async fn the_client_waits_while_its_peer_is_deactivated() {
         &vhost.url,
         &[POLL],
     );
-    queue_for_aa(&ch, 0..10).await;
-    collect(&ch, "received", 10, Duration::from_secs(30)).await;
+    queue_for_aa(ch, 0..10).await;
+    collect(ch, "received", 10, Duration::from_secs(30)).await;
     // Deactivated on the client's side: the link ends, the client waits.
     let aa_at_ca = net.ca_dir.join("peers/1234abcd");
     std::fs::write(aa_at_ca.join("DEACTIVATED"), "").unwrap();
@@ -261,10 +256,10 @@ async fn the_client_waits_while_its_peer_is_deactivated() {
         "the client stopped {:?} after DEACTIVATED was created",
         started.elapsed()
     );
-    queue_for_aa(&ch, 10..20).await;
+    queue_for_aa(ch, 10..20).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        message_count(&ch, "to_aa").await,
+        message_count(ch, "to_aa").await,
         10,
         "nothing is sent while the peer is deactivated"
     );
@@ -273,7 +268,7 @@ async fn the_client_waits_while_its_peer_is_deactivated() {
         "the client waits; it does not exit"
     );
     std::fs::remove_file(aa_at_ca.join("DEACTIVATED")).unwrap();
-    collect(&ch, "received", 10, Duration::from_secs(30)).await;
+    collect(ch, "received", 10, Duration::from_secs(30)).await;
     assert_eq!(
         log.lock().unwrap().matches("waiting until it is").count(),
         1,
@@ -284,17 +279,12 @@ async fn the_client_waits_while_its_peer_is_deactivated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drainer_waits_for_the_deactivation() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _c,
-        ch,
-    } = Bed::new("reload-drainer").await;
-    declare_peer_queue(&ch, "to_ca").await;
-    sink_queue(&ch, "accounts_in", "replies").await;
+    let bed = Bed::new("reload-drainer").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    declare_peer_queue(ch, "to_ca").await;
+    sink_queue(ch, "accounts_in", "replies").await;
     let body = serde_json::to_vec(&account_update(0x0000010000000001, 0x1234abcd00000001)).unwrap();
-    publish(&ch, "", "to_ca", "AccountUpdate", &body).await;
+    publish(ch, "", "to_ca", "AccountUpdate", &body).await;
     let (drainer, log) = spawn_logged_env(
         "swpt-drainer",
         &[&net.ca_id, "to_ca"],
@@ -305,14 +295,14 @@ async fn the_drainer_waits_for_the_deactivation() {
     wait_for_log(&log, "has not been deactivated; waiting", Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        message_count(&ch, "to_ca").await,
+        message_count(ch, "to_ca").await,
         1,
         "nothing drained before the deactivation"
     );
-    std::fs::write(aa_peer_dir(&net).join("DEACTIVATED"), "").unwrap();
+    std::fs::write(aa_peer_dir(net).join("DEACTIVATED"), "").unwrap();
     wait_for_log(&log, "has been deactivated", Duration::from_secs(10)).await;
     let started = Instant::now();
-    while message_count(&ch, "to_ca").await != 0 {
+    while message_count(ch, "to_ca").await != 0 {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "not drained; the drainer said:\n{}",
@@ -320,7 +310,7 @@ async fn the_drainer_waits_for_the_deactivation() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let reply = collect(&ch, "replies", 1, Duration::from_secs(10)).await;
+    let reply = collect(ch, "replies", 1, Duration::from_secs(10)).await;
     let reply: serde_json::Value = serde_json::from_slice(&reply[0].data).unwrap();
     assert_eq!(reply["type"], "ConfigureAccount");
     drainer.stop_cleanly("the drainer on SIGTERM").await;

@@ -46,14 +46,9 @@ fn run_probe(probe: &Path, port: u16) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_and_client_endpoints_follow_a_real_flow() {
-    let Bed {
-        tmp,
-        net,
-        vhost,
-        conn: _conn,
-        ch,
-    } = Bed::new("observe").await;
-    sink_queue(&ch, "accounts_in", "received").await;
+    let bed = Bed::new("observe").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    sink_queue(ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let (server_http, client_http) = (free_port(), free_port());
     let port = peer_port(&net.ca_dir, "1234abcd");
@@ -73,7 +68,7 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     assert!(why.contains("no link established"), "{why}");
     assert_eq!(http_get(client_http, "/nowhere").await.0, 404);
     // The image's health check: `swpt-probe`, a link to `swpt-gateway`.
-    let probe = tmp.path().join("swpt-probe");
+    let probe = bed.tmp.path().join("swpt-probe");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_swpt-gateway"), &probe).unwrap();
     let (ok, said) = run_probe(&probe, client_http);
     assert!(
@@ -94,10 +89,10 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
 
     // 200 messages and one the client dead-letters.
     let n = 200;
-    queue_for_aa(&ch, 0..n / 2).await;
-    publish(&ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", b"{not json").await;
-    queue_for_aa(&ch, n / 2..n).await;
-    wait_for_count(&ch, "received", n as u32, WAIT).await;
+    queue_for_aa(ch, 0..n / 2).await;
+    publish(ch, "creditors_out", CA_OUT_KEY, "PrepareTransfer", b"{not json").await;
+    queue_for_aa(ch, n / 2..n).await;
+    wait_for_count(ch, "received", n as u32, WAIT).await;
 
     let ca = &net.ca_id;
     let pt = format!("{{peer=\"{ca}\",type=\"PrepareTransfer\"}}");
@@ -211,7 +206,7 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     swpt_testkit::rabbitmqctl(&["delete_vhost", &vhost.name]);
     let why = wait_http(server_http, "/readyz", 503, WAIT).await;
     assert!(why.contains("RabbitMQ"), "{why}");
-    recreate_vhost(&vhost);
+    recreate_vhost(vhost);
     wait_http(server_http, "/readyz", 200, WAIT).await;
 }
 
@@ -263,14 +258,9 @@ fn deactivate(node: &Path, peer: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_exist_at_zero_and_go_with_the_peer() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _conn,
-        ch,
-    } = Bed::new("zero").await;
-    sink_queue(&ch, "accounts_in", "received").await;
+    let bed = Bed::new("zero").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    sink_queue(ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let (server_http, client_http) = (free_port(), free_port());
     let port = peer_port(&net.ca_dir, "1234abcd");

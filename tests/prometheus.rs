@@ -107,28 +107,6 @@ fn the_prometheus_rule_holds_the_same_groups() {
     }
 }
 
-/// A GET over HTTP/1.0 (no chunked answer): status and body.
-async fn get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return (0, String::new());
-    };
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    if s.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw)).await;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_string())
-}
-
 /// The value of a PromQL query that gives one sample, if it does.
 async fn query(port: u16, promql: &str) -> Option<f64> {
     let encoded: String = promql
@@ -138,7 +116,7 @@ async fn query(port: u16, promql: &str) -> Option<f64> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let (_, body) = get(port, &format!("/api/v1/query?query={encoded}")).await;
+    let (_, body) = http_get(port, &format!("/api/v1/query?query={encoded}")).await;
     let answer: Value = serde_json::from_str(&body).ok()?;
     answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
@@ -176,14 +154,9 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
     let Some(prometheus) = tool(test, "SWPT_PROMETHEUS", "prometheus") else {
         return;
     };
-    let Bed {
-        tmp,
-        net,
-        vhost,
-        conn: _conn,
-        ch,
-    } = Bed::new("prometheus").await;
-    sink_queue(&ch, "accounts_in", "received").await;
+    let bed = Bed::new("prometheus").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    sink_queue(ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let (server_http, client_http, prom_port) = (free_port(), free_port(), free_port());
     let port = peer_port(&net.ca_dir, "1234abcd");
@@ -207,8 +180,8 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
         &env_refs(&client_env),
     );
 
-    let rules = quick_rules(tmp.path());
-    let config = tmp.path().join("prometheus.yml");
+    let rules = quick_rules(bed.tmp.path());
+    let config = bed.tmp.path().join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
@@ -223,7 +196,7 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                tmp.path().join("tsdb").display()
+                bed.tmp.path().join("tsdb").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(std::process::Stdio::null())
@@ -232,7 +205,7 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
             .unwrap(),
     );
     poll_until(WAIT, || async {
-        match get(prom_port, "/-/ready").await.0 {
+        match http_get(prom_port, "/-/ready").await.0 {
             200 => Ok(()),
             s => Err(format!("Prometheus /-/ready: {s}")),
         }
@@ -242,8 +215,8 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
     // The flow, seen through PromQL.
     wait_query(prom_port, "swpt_client_link_up{peer=\"1234abcd\"}", 1.0).await;
     let n = 50;
-    queue_for_aa(&ch, 0..n).await;
-    wait_for_count(&ch, "received", n as u32, WAIT).await;
+    queue_for_aa(ch, 0..n).await;
+    wait_for_count(ch, "received", n as u32, WAIT).await;
     wait_query(prom_port, "sum(swpt_server_sends_published_total)", n as f64).await;
     wait_query(prom_port, "sum(swpt_client_acked_total)", n as f64).await;
     let server_ready = format!("swpt_ready{{instance=\"127.0.0.1:{server_http}\"}}");
@@ -252,7 +225,7 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
     // The server killed: the client's link goes down, and the alert fires.
     server.sigkill();
     poll_until(WAIT, || async {
-        let (_, body) = get(prom_port, "/api/v1/alerts").await;
+        let (_, body) = http_get(prom_port, "/api/v1/alerts").await;
         let alerts: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
         let firing = alerts["data"]["alerts"]
             .as_array()

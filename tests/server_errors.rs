@@ -88,17 +88,12 @@ async fn error_for(net: &Devnet, port: u16, connect: bool, frames: Vec<Frame>) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_session_error_and_receipt_order() {
-    let Bed {
-        tmp: _tmp,
-        net,
-        vhost,
-        conn: _conn,
-        ch,
-    } = Bed::new("errors").await;
-    sink_queue(&ch, "accounts_in", "aa_received").await;
-    let port = net_port(&net);
+    let bed = Bed::new("errors").await;
+    let Bed { net, vhost, ch, .. } = &bed;
+    sink_queue(ch, "accounts_in", "aa_received").await;
+    let port = net_port(net);
     let _server = aa_server(
-        &net,
+        net,
         port,
         &vhost.url,
         &[
@@ -112,10 +107,10 @@ async fn every_session_error_and_receipt_order() {
     let msg = |f: &Frame| f.get("message").unwrap_or("").to_string();
     let good = masqueraded(1);
 
-    let e = error_for(&net, port, false, vec![send_frame("1", &good)]).await;
+    let e = error_for(net, port, false, vec![send_frame("1", &good)]).await;
     assert_eq!(msg(&e), "Received another command before CONNECT.");
     let e = error_for(
-        &net,
+        net,
         port,
         false,
         vec![Frame::new("CONNECT").header("accept-version", "1.0,1.1")],
@@ -123,26 +118,26 @@ async fn every_session_error_and_receipt_order() {
     .await;
     assert_eq!(msg(&e), "STOMP 1.2 is not supported by the client.");
     let e = error_for(
-        &net,
+        net,
         port,
         false,
         vec![connect_frame().header("heart-beat", "x,1")],
     )
     .await;
     assert_eq!(msg(&e), "Received invalid heart-beat value.");
-    let e = error_for(&net, port, true, vec![connect_frame()]).await;
+    let e = error_for(net, port, true, vec![connect_frame()]).await;
     assert_eq!(msg(&e), "Received CONNECT command more than once.");
-    let e = error_for(&net, port, true, vec![Frame::new("SUBSCRIBE").header("id", "1")]).await;
+    let e = error_for(net, port, true, vec![Frame::new("SUBSCRIBE").header("id", "1")]).await;
     assert_eq!(msg(&e), "Received unexpected command \"SUBSCRIBE\".");
     for missing in ["receipt", "type", "destination"] {
         let mut f = send_frame("1", &good);
         f.headers.retain(|(n, _)| n != missing);
-        let e = error_for(&net, port, true, vec![f]).await;
+        let e = error_for(net, port, true, vec![f]).await;
         assert_eq!(msg(&e), format!("SEND command without a {missing} header."));
     }
     let mut f = send_frame("7", &good);
     f.headers[0].1 = "/exchange/elsewhere".into();
-    let e = error_for(&net, port, true, vec![f]).await;
+    let e = error_for(net, port, true, vec![f]).await;
     assert_eq!(msg(&e), "Invalid SEND destination \"/exchange/elsewhere\".");
     assert_eq!(e.get("receipt-id"), Some("7"));
     assert_eq!(e.get("type"), Some("PrepareTransfer"));
@@ -153,7 +148,7 @@ async fn every_session_error_and_receipt_order() {
     let mut bad = good.clone();
     bad["creditor_id"] = serde_json::json!(0x0000090000000001_i64);
     bad["coordinator_id"] = serde_json::json!(0x0000090000000001_i64);
-    let e = error_for(&net, port, true, vec![send_frame("9", &bad)]).await;
+    let e = error_for(net, port, true, vec![send_frame("9", &bad)]).await;
     assert_eq!(msg(&e), "Invalid creditor ID: 0x0000090000000001.");
     assert_eq!(e.get("receipt-id"), Some("9"));
     // One SEND failing each processing rule.
@@ -186,7 +181,7 @@ async fn every_session_error_and_receipt_order() {
     for (body, t, text) in cases {
         let mut f = send_frame("11", &body);
         f.headers[1].1 = t.into();
-        let e = error_for(&net, port, true, vec![f]).await;
+        let e = error_for(net, port, true, vec![f]).await;
         assert!(msg(&e).starts_with(&text), "{} != {text}", msg(&e));
         assert_eq!(e.get("receipt-id"), Some("11"));
         assert_eq!(e.get("type"), Some(t));
@@ -194,11 +189,11 @@ async fn every_session_error_and_receipt_order() {
 
     let mut plain = send_frame("10", &good);
     plain.headers[2].1 = "text/plain".into();
-    let e = error_for(&net, port, true, vec![plain]).await;
+    let e = error_for(net, port, true, vec![plain]).await;
     assert_eq!(msg(&e), "Unsupported content type: text/plain.");
 
     // RECEIPTs come only after confirmation, and DISCONNECT's last.
-    let mut c = dial(&net, port).await;
+    let mut c = dial(net, port).await;
     c.send(connect_frame()).await.unwrap();
     let connected = next_frame(&mut c).await.unwrap();
     assert_eq!(connected.command, "CONNECTED");
@@ -220,12 +215,12 @@ async fn every_session_error_and_receipt_order() {
     }
     assert_eq!(receipts.last().map(String::as_str), Some("bye"));
     // Everything receipted is in the broker, and nothing that failed.
-    let got = collect(&ch, "aa_received", 20, Duration::from_secs(20)).await;
+    let got = collect(ch, "aa_received", 20, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 20);
-    assert_eq!(message_count(&ch, "aa_received").await, 0);
+    assert_eq!(message_count(ch, "aa_received").await, 0);
 
     // A frame after DISCONNECT (while earlier SENDs wait for confirms).
-    let mut c = dial(&net, port).await;
+    let mut c = dial(net, port).await;
     c.send(connect_frame()).await.unwrap();
     assert_eq!(next_frame(&mut c).await.unwrap().command, "CONNECTED");
     for i in 100..300 {
@@ -250,12 +245,12 @@ async fn every_session_error_and_receipt_order() {
         "ERROR" => assert_eq!(last.get("message"), Some("Received command after DISCONNECT.")),
         _ => {
             assert_eq!(last.get("receipt-id"), Some("bye"));
-            let _ = collect(&ch, "aa_received", 200, Duration::from_secs(20)).await;
+            let _ = collect(ch, "aa_received", 200, Duration::from_secs(20)).await;
         }
     }
 
     // A peer that goes silent after CONNECT is dropped by the watchdog.
-    let mut c = dial(&net, port).await;
+    let mut c = dial(net, port).await;
     c.send(connect_frame().header("heart-beat", "100,0"))
         .await
         .unwrap();

@@ -28,9 +28,10 @@ pub async fn channel(vhost: &Vhost) -> (Connection, Channel) {
 
 /// What a test that runs the gateway opens with: a temporary directory
 /// holding a generated network (its servers on free ports), a vhost of the
-/// test's own, and a lapin connection and channel in it. Destructured
-/// whole (`let Bed { tmp, net, vhost, conn: _c, ch } = ...`), so that
-/// each part lives as long as the test.
+/// test's own, and a lapin connection and channel in it. The test keeps it
+/// whole (`let bed = Bed::new(..).await;`), so that each part lives as long
+/// as the test, and borrows its parts (`let Bed { net, vhost, ch, .. } =
+/// &bed;`).
 pub struct Bed {
     pub tmp: tempfile::TempDir,
     pub net: Devnet,
