@@ -180,7 +180,7 @@ async fn server_killed_mid_stream_nothing_is_lost() {
         seen.insert(request_id(&d));
     }
     server.sigkill();
-    let _server = aa_server(net, vhost, port).await;
+    let _server = start_server(&net.aa_dir, port, &vhost.url, &[]).await;
     // The client reconnects by itself; every message arrives at least once.
     collect_ids(&mut received, &mut seen, N, Duration::from_secs(90)).await;
     assert_eq!(seen.len() as i64, N);

@@ -131,13 +131,7 @@ async fn start_server(net: &swpt_testkit::generate::Devnet, vhost: &Vhost, port:
 
 /// The CA's client of `net`, with [`BUFFERS`].
 fn start_client(net: &swpt_testkit::generate::Devnet, vhost: &Vhost) -> Proc {
-    spawn(
-        "swpt-client",
-        &["1234abcd", "to_aa"],
-        &net.ca_dir,
-        &vhost.url,
-        &BUFFERS,
-    )
+    ca_client(net, &vhost.url, &BUFFERS)
 }
 
 /// A CA -> AA stream of `N` PrepareTransfers under way.

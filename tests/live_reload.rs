@@ -79,20 +79,14 @@ fn aa_peer_dir(net: &Devnet) -> std::path::PathBuf {
     net.aa_dir.join("peers").join(&net.ca_id)
 }
 
-async fn aa_server(net: &Devnet, env: &[(&str, &str)]) -> (Proc, u16) {
+/// The AA's server of `net` on a free port, with more environment `env`;
+/// and the port.
+async fn aa_server_on_free_port(net: &Devnet, env: &[(&str, &str)]) -> (Proc, u16) {
     let port = free_port();
-    let port_text = port.to_string();
-    let mut env = env.to_vec();
-    env.push(("SWPT_SERVER_PORT", &port_text));
-    let server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        "amqp://guest:guest@127.0.0.1:5672",
-        &env,
-    );
-    wait_port(port).await;
-    (server, port)
+    (
+        start_server(&net.aa_dir, port, "amqp://guest:guest@127.0.0.1:5672", env).await,
+        port,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,7 +94,7 @@ async fn a_peer_made_active_is_admitted_and_a_deactivated_one_cut() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     std::fs::remove_file(aa_peer_dir(&net).join("ACTIVE")).unwrap();
-    let (_server, port) = aa_server(&net, &[POLL]).await;
+    let (_server, port) = aa_server_on_free_port(&net, &[POLL]).await;
     let (refused, _) = dial(&net, port).await;
     assert_eq!(refused.get("message"), Some("Unknown peer serial number."));
 
@@ -126,7 +120,7 @@ async fn a_peer_made_active_is_admitted_and_a_deactivated_one_cut() {
 async fn with_the_default_poll_a_lost_active_file_cuts_within_ten_seconds() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
-    let (_server, port) = aa_server(&net, &[]).await;
+    let (_server, port) = aa_server_on_free_port(&net, &[]).await;
     let (connected, mut open) = dial(&net, port).await;
     assert_eq!(connected.command, "CONNECTED");
     std::fs::remove_file(aa_peer_dir(&net).join("ACTIVE")).unwrap();
@@ -145,7 +139,7 @@ async fn sighup_reloads_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     std::fs::remove_file(aa_peer_dir(&net).join("ACTIVE")).unwrap();
-    let (mut server, port) = aa_server(&net, &[("APP_NODEDATA_POLL_SECONDS", "3600")]).await;
+    let (mut server, port) = aa_server_on_free_port(&net, &[("APP_NODEDATA_POLL_SECONDS", "3600")]).await;
     std::fs::write(aa_peer_dir(&net).join("ACTIVE"), "").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (still_refused, _) = dial(&net, port).await;
@@ -163,7 +157,7 @@ async fn sighup_reloads_at_once() {
 async fn a_half_written_file_is_not_a_gone_peer() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
-    let (_server, port) = aa_server(&net, &[POLL]).await;
+    let (_server, port) = aa_server_on_free_port(&net, &[POLL]).await;
     let (connected, mut open) = dial(&net, port).await;
     assert_eq!(connected.command, "CONNECTED");
     // The peer's manifest, cut in the middle of a write.
@@ -193,7 +187,7 @@ async fn a_half_written_file_is_not_a_gone_peer() {
 async fn a_replaced_server_certificate_is_used_for_new_connections() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
-    let (_server, port) = aa_server(&net, &[POLL]).await;
+    let (_server, port) = aa_server_on_free_port(&net, &[POLL]).await;
     let presented = |s: &Session| s.get_ref().get_ref().1.peer_certificates().unwrap()[0].to_vec();
     let (connected, mut open) = dial(&net, port).await;
     assert_eq!(connected.command, "CONNECTED");
@@ -232,7 +226,7 @@ async fn the_client_waits_while_its_peer_is_deactivated() {
     sink_queue(ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let port = peer_port(&net.ca_dir, "1234abcd");
-    let _server = common::aa_server(net, vhost, port).await;
+    let _server = start_server(&net.aa_dir, port, &vhost.url, &[]).await;
     let (mut client, log) = spawn_logged_env(
         "swpt-client",
         &["1234abcd", "to_aa"],

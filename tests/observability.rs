@@ -56,13 +56,7 @@ async fn server_and_client_endpoints_follow_a_real_flow() {
     // The client first: alive, not ready while no server listens.
     let client_env = [("APP_HTTP_PORT", client_http.to_string())];
     let client_env = env_refs(&client_env);
-    let _client = spawn(
-        "swpt-client",
-        &["1234abcd", "to_aa"],
-        &net.ca_dir,
-        &vhost.url,
-        &client_env,
-    );
+    let _client = ca_client(net, &vhost.url, &client_env);
     wait_http(client_http, "/healthz", 200, WAIT).await;
     let why = wait_http(client_http, "/readyz", 503, WAIT).await;
     assert!(why.contains("no link established"), "{why}");
@@ -298,13 +292,7 @@ async fn series_exist_at_zero_and_go_with_the_peer() {
         ("APP_HTTP_PORT", client_http.to_string()),
         ("APP_NODEDATA_POLL_SECONDS", "1".to_string()),
     ];
-    let _client = spawn(
-        "swpt-client",
-        &["1234abcd", "to_aa"],
-        &net.ca_dir,
-        &vhost.url,
-        &env_refs(&client_env),
-    );
+    let _client = ca_client(net, &vhost.url, &env_refs(&client_env));
     wait_http(client_http, "/readyz", 200, WAIT).await;
     // Connected, nothing sent: the peer's series are there, at zero.
     let page = wait_metric(

@@ -172,13 +172,7 @@ async fn a_real_prometheus_sees_the_flow_and_fires_link_down() {
         &env_refs(&server_env),
     );
     let client_env = [("APP_HTTP_PORT", client_http.to_string())];
-    let _client = spawn(
-        "swpt-client",
-        &["1234abcd", "to_aa"],
-        &net.ca_dir,
-        &vhost.url,
-        &env_refs(&client_env),
-    );
+    let _client = ca_client(net, &vhost.url, &env_refs(&client_env));
 
     let rules = quick_rules(bed.tmp.path());
     let config = bed.tmp.path().join("prometheus.yml");

@@ -92,8 +92,8 @@ async fn every_session_error_and_receipt_order() {
     let Bed { net, vhost, ch, .. } = &bed;
     sink_queue(ch, "accounts_in", "aa_received").await;
     let port = net_port(net);
-    let _server = aa_server(
-        net,
+    let _server = start_server(
+        &net.aa_dir,
         port,
         &vhost.url,
         &[
@@ -267,15 +267,6 @@ async fn every_session_error_and_receipt_order() {
 
 /// Starts the AA's swpt-server on `port` with `env` added, and waits
 /// until it listens.
-async fn aa_server(net: &Devnet, port: u16, broker: &str, env: &[(&str, &str)]) -> Proc {
-    let port_text = port.to_string();
-    let mut all = vec![("SWPT_SERVER_PORT", port_text.as_str())];
-    all.extend_from_slice(env);
-    let server = spawn("swpt-server", &[], &net.aa_dir, broker, &all);
-    wait_port(port).await;
-    server
-}
-
 /// The AA's port in the generated network.
 fn net_port(net: &Devnet) -> u16 {
     peer_port(&net.ca_dir, "1234abcd")
@@ -286,8 +277,8 @@ async fn a_deactivated_peer_is_disconnected() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let port = net_port(&net);
-    let _server = aa_server(
-        &net,
+    let _server = start_server(
+        &net.aa_dir,
         port,
         "amqp://guest:guest@127.0.0.1:5672",
         &[("APP_PEERS_CHECK_SECONDS", "1")],
@@ -316,8 +307,8 @@ async fn heart_beats_connect_deadline_and_connection_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let net = devnet(tmp.path());
     let port = net_port(&net);
-    let _server = aa_server(
-        &net,
+    let _server = start_server(
+        &net.aa_dir,
         port,
         "amqp://guest:guest@127.0.0.1:5672",
         &[
@@ -376,8 +367,8 @@ async fn unpublishable_sends_are_never_receipted() {
     let good = masqueraded(1);
 
     // No broker at all.
-    let down = aa_server(
-        &net,
+    let down = start_server(
+        &net.aa_dir,
         port,
         "amqp://guest:guest@127.0.0.1:1",
         &[("APP_RMQ_CONNECTION_TIMEOUT_SECONDS", "2")],
@@ -402,7 +393,7 @@ async fn unpublishable_sends_are_never_receipted() {
     )
     .await
     .unwrap();
-    let _up = aa_server(&net, port, &vhost.url, &[]).await;
+    let _up = start_server(&net.aa_dir, port, &vhost.url, &[]).await;
     let e = error_for(&net, port, true, vec![send_frame("2", &good)]).await;
     assert_eq!(e.get("message"), Some("Internal server error."));
 }

@@ -280,15 +280,13 @@ fn chain_with_serials(node: &NodeFiles, two: bool) -> (Vec<CertificateDer<'stati
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_side_matrix() {
     let m = matrix();
-    let port = m.port.to_string();
-    let _server = spawn(
-        "swpt-server",
-        &[],
+    let _server = start_server(
         &m.aa.dir,
+        m.port,
         "amqp://guest:guest@127.0.0.1:5672",
-        &[("SWPT_SERVER_PORT", &port), ("APP_SSL_HANDSHAKE_TIMEOUT", "1")],
-    );
-    wait_port(m.port).await;
+        &[("APP_SSL_HANDSHAKE_TIMEOUT", "1")],
+    )
+    .await;
     let ok = LeafOptions::default();
 
     // The real thing works, for a CA and for a DA.
@@ -562,15 +560,13 @@ async fn shared_network_handshakes_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_added_while_the_server_runs_gets_in_on_its_next_attempt() {
     let m = matrix();
-    let port = m.port.to_string();
-    let _server = spawn(
-        "swpt-server",
-        &[],
+    let _server = start_server(
         &m.aa.dir,
+        m.port,
         "amqp://guest:guest@127.0.0.1:5672",
-        &[("SWPT_SERVER_PORT", &port), ("APP_NODEDATA_POLL_SECONDS", "1")],
-    );
-    wait_port(m.port).await;
+        &[("APP_NODEDATA_POLL_SECONDS", "1")],
+    )
+    .await;
     let newcomer = NodeFiles::create(
         m.aa.dir.join("../newcomer"),
         Authority::new(NodeType::CA, None).unwrap(),

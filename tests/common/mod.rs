@@ -333,18 +333,21 @@ impl Collector {
     }
 }
 
-/// The AA's server of `net` on `port`, listening.
-pub async fn aa_server(net: &Devnet, vhost: &Vhost, port: u16) -> Proc {
+/// The server of the node of `node_dir` on `port`, with more environment
+/// `env`, listening.
+pub async fn start_server(node_dir: &Path, port: u16, broker: &str, env: &[(&str, &str)]) -> Proc {
     let port_text = port.to_string();
-    let server = spawn(
-        "swpt-server",
-        &[],
-        &net.aa_dir,
-        &vhost.url,
-        &[("SWPT_SERVER_PORT", &port_text)],
-    );
+    let mut all = vec![("SWPT_SERVER_PORT", port_text.as_str())];
+    all.extend_from_slice(env);
+    let server = spawn("swpt-server", &[], node_dir, broker, &all);
     wait_port(port).await;
     server
+}
+
+/// The CA's client of `net` for the AA `1234abcd`, serving the queue
+/// `to_aa`, with more environment `env`.
+pub fn ca_client(net: &Devnet, broker: &str, env: &[(&str, &str)]) -> Proc {
+    spawn("swpt-client", &["1234abcd", "to_aa"], &net.ca_dir, broker, env)
 }
 
 /// A CA -> AA stream under way: `n` PrepareTransfers queued for the AA,
@@ -354,15 +357,9 @@ pub async fn stream_to_aa(net: &Devnet, vhost: &Vhost, ch: &lapin::Channel, n: i
     sink_queue(ch, "accounts_in", "received").await;
     configure_queue(&net.ca_dir, "1234abcd", "to_aa", &vhost.url);
     let port = peer_port(&net.ca_dir, "1234abcd");
-    let server = aa_server(net, vhost, port).await;
+    let server = start_server(&net.aa_dir, port, &vhost.url, &[]).await;
     queue_for_aa(ch, 0..n).await;
-    let client = spawn(
-        "swpt-client",
-        &["1234abcd", "to_aa"],
-        &net.ca_dir,
-        &vhost.url,
-        &[],
-    );
+    let client = ca_client(net, &vhost.url, &[]);
     (server, client, port)
 }
 
