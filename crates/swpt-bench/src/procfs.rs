@@ -10,13 +10,18 @@ pub fn proc_stats(pid: u32) -> (f64, u64) {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let cpu = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    (cpu / ticks, status_kib(pid, "VmHWM:"))
+}
+
+/// A KiB figure of `/proc/PID/status` (`field` with its colon), 0 when
+/// it cannot be read.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm = status
+    status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
-    (cpu / ticks, hwm)
+        .unwrap_or(0)
 }
 
 /// Context switches (voluntary and not) of every thread of `pid` so far.
@@ -57,12 +62,7 @@ pub fn broker_cpu(pid: Option<u32>) -> f64 {
 
 /// The resident set of `pid` now, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS:")
 }
 
 /// What a path has used so far: its process's CPU seconds and context
